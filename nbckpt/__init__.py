@@ -1,0 +1,39 @@
+"""nbckpt: torch-compatible checkpoints for NumPy and CuPy, safe by default.
+
+    >>> import io, numpy as np, nbckpt
+    >>> buf = io.BytesIO()
+    >>> nbckpt.save({"weight": np.eye(2, dtype=np.float32)}, buf)
+    >>> _ = buf.seek(0)
+    >>> nbckpt.load(buf)["weight"].shape
+    (2, 2)
+"""
+
+from .api import load, save
+from .devices import devices
+from .errors import CheckpointError, DeviceError, FormatError, UnpicklingError
+from .format.dtypes import complex32
+from .pickling.allowlist import (
+    add_safe_globals,
+    clear_safe_globals,
+    get_safe_globals,
+    get_safe_globals_names,
+    safe_globals,
+)
+
+__all__ = [
+    "save",
+    "load",
+    "devices",
+    "add_safe_globals",
+    "safe_globals",
+    "get_safe_globals",
+    "get_safe_globals_names",
+    "clear_safe_globals",
+    "complex32",
+    "CheckpointError",
+    "FormatError",
+    "UnpicklingError",
+    "DeviceError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,51 @@
+"""Backends turn host bytes into arrays on a device: NumPy (host) and CuPy (GPUs).
+
+Both implement one small interface (``from_host``, ``view``, ``empty``,
+``owns``); they differ only in where the memory lives. The CuPy backend is
+imported on first use, never by ``import nbckpt``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..errors import DeviceError
+from .numpy import NumpyBackend
+
+__all__ = ["NumpyBackend", "backend_for", "gpu_count", "HOST"]
+
+HOST = NumpyBackend()
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_module():
+    """CuPy, or the reason it cannot be used (a string)."""
+    try:
+        import cupy  # noqa: F401 - imported lazily on purpose
+    except Exception as err:  # ImportError, or a broken CUDA install
+        return f"CuPy is not installed or does not import ({err}); install it with pip install cupy-cuda12x"
+    return cupy
+
+
+def gpu_count() -> int:
+    """How many GPUs CuPy can use here (0 without CuPy or a driver)."""
+    cupy = _cupy_module()
+    if isinstance(cupy, str):
+        return 0
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no driver, no device: CuPy raises its own CUDA errors
+        return 0
+
+
+def backend_for(tag: str, *, saved_as: str | None = None):
+    """The backend for a canonical tag (``cpu``, ``cuda``, ``cuda:N``)."""
+    if tag == "cpu":
+        return HOST
+    if tag.startswith("cuda"):
+        from .cupy import cupy_backend
+
+        return cupy_backend(tag, saved_as=saved_as)
+    raise DeviceError(
+        f"nbckpt cannot place arrays on {tag!r}; pass map_location='cpu'", location=tag
+    )

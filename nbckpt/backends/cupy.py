@@ -1,0 +1,101 @@
+"""The GPU backend: storages and arrays in CuPy memory on one device.
+
+Imported only when a storage goes to a ``cuda`` tag. Each storage is read once
+from the file into (pinned, where CuPy can) host memory and copied to the
+device inside ``cupy.cuda.Device(N)``, so ``cuda:1`` lands on GPU 1 and nothing
+is allocated on GPU 0.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ..errors import DeviceError
+from . import _cupy_module, gpu_count
+
+__all__ = ["CupyBackend", "cupy_backend"]
+
+
+def cupy_backend(tag: str, *, saved_as: str | None = None) -> "CupyBackend":
+    """The backend of GPU ``tag`` (``cuda`` is CuPy's current device)."""
+    cupy = _cupy_module()
+    origin = f"the file holds arrays saved on {saved_as!r} and " if saved_as else ""
+    if isinstance(cupy, str):
+        raise DeviceError(
+            f"cannot load to {tag!r}: {origin}{cupy}. To load on the host instead pass "
+            f"map_location='cpu' (or 'auto').",
+            location=tag,
+        )
+    count = gpu_count()
+    if count == 0:
+        raise DeviceError(
+            f"cannot load to {tag!r}: {origin}no GPU is usable here (CuPy finds no CUDA "
+            f"device). Pass map_location='cpu' (or 'auto') to load on the host.",
+            location=tag,
+        )
+    index = cupy.cuda.runtime.getDevice() if tag == "cuda" else int(tag.split(":")[1])
+    if index >= count:
+        raise DeviceError(
+            f"cannot load to {tag!r}: {origin}this machine has {count} GPU(s) (cuda:0 to "
+            f"cuda:{count - 1}). Pass map_location, e.g. {{{tag!r}: 'cuda:0'}} or 'cpu'.",
+            location=tag,
+        )
+    return _backend(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _backend(index: int) -> "CupyBackend":
+    return CupyBackend(index)
+
+
+class CupyBackend:
+    """Arrays on GPU ``index`` as ``cupy.ndarray``."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.tag = f"cuda:{index}"
+        self._cupy = _cupy_module()
+
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        """Page-locked host memory to read a storage into before the copy."""
+        try:
+            import cupyx
+
+            return cupyx.empty_pinned((nbytes,), dtype=np.uint8)
+        except Exception:  # pinned allocation can fail (limits); plain memory still works
+            return np.empty(nbytes, dtype=np.uint8)
+
+    def from_host(self, host: np.ndarray):
+        """Copy a host storage (1-D) to this GPU."""
+        cupy = self._cupy
+        with cupy.cuda.Device(self.index):
+            raw = cupy.empty(host.nbytes, dtype=np.uint8)
+            raw.set(host.view(np.uint8))
+            return raw.view(host.dtype) if _cupy_supports(host.dtype) else raw
+
+    def view(self, storage, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+             strides: tuple[int, ...]):
+        cupy = self._cupy
+        with cupy.cuda.Device(self.index):
+            return cupy.ndarray(shape, dtype=_device_dtype(dtype), memptr=storage.data + offset, strides=strides)
+
+    def empty(self, dtype: np.dtype, shape: tuple[int, ...]):
+        cupy = self._cupy
+        with cupy.cuda.Device(self.index):
+            return cupy.empty(shape, dtype=_device_dtype(dtype))
+
+    def owns(self, array: object) -> bool:
+        return type(array).__module__.startswith("cupy")
+
+
+def _cupy_supports(dtype: np.dtype) -> bool:
+    return dtype.kind in "biufc" and dtype.fields is None
+
+
+def _device_dtype(dtype: np.dtype) -> np.dtype:
+    """CuPy has no bfloat16/float8: such arrays hold their raw bits on the GPU."""
+    if _cupy_supports(dtype):
+        return dtype
+    return np.dtype(f"u{dtype.itemsize}")

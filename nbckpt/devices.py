@@ -1,0 +1,107 @@
+"""Location tags and ``map_location``: where each loaded storage goes.
+
+Tags are torch's: ``cpu``, ``cuda`` (the current GPU) and ``cuda:N``. Host
+arrays are NumPy arrays; ``cuda:N`` arrays are CuPy arrays on GPU N.
+``map_location`` takes every form ``torch.load`` accepts, plus ``"auto"``:
+
+- ``None``: each storage returns to the tag it was saved with;
+- a string or anything whose ``str()`` is a tag (``torch.device("cpu")``):
+  every storage goes there;
+- a dict ``{"cuda:1": "cuda:0"}``: listed tags are remapped, others stay;
+- a callable ``fn(storage, location)``: gets each storage as a host array and
+  its saved tag, returns the array to use (or ``None`` for the default);
+- ``"auto"``: the saved device when it is usable here, else the host.
+
+    >>> DeviceMap.parse({"cuda:0": "cpu"}).target("cuda:0")
+    'cpu'
+    >>> DeviceMap.parse(None).target("cpu")
+    'cpu'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import DeviceError
+
+__all__ = ["DeviceMap", "parse_tag", "devices", "canonical_tag"]
+
+_TAG = re.compile(r"^(cpu|cuda|meta)(?::(\d+))?$")
+
+
+def parse_tag(tag: str) -> tuple[str, int | None]:
+    """``("cuda", 1)`` for ``"cuda:1"``; DeviceError for tags nbckpt cannot place.
+
+        >>> parse_tag("cuda:1"), parse_tag("cpu")
+        (('cuda', 1), ('cpu', None))
+    """
+    match = _TAG.match(tag.strip()) if isinstance(tag, str) else None
+    if match is None:
+        raise DeviceError(
+            f"nbckpt cannot place arrays on {tag!r}: it loads to 'cpu' (NumPy) and 'cuda' "
+            f"or 'cuda:N' (CuPy). Pass map_location='cpu' to load everything to the host.",
+            location=str(tag),
+        )
+    kind, index = match.group(1), match.group(2)
+    return kind, int(index) if index is not None else None
+
+
+def canonical_tag(tag: str) -> str:
+    """The tag as nbckpt writes it (``cpu:0`` -> ``cpu``)."""
+    kind, index = parse_tag(tag)
+    if kind == "cpu" or index is None:
+        return kind
+    return f"{kind}:{index}"
+
+
+def devices() -> list[str]:
+    """The devices arrays can be loaded onto here: ``["cpu"]`` plus each usable GPU.
+
+        >>> devices()[0]
+        'cpu'
+    """
+    from .backends import gpu_count
+
+    return ["cpu"] + [f"cuda:{i}" for i in range(gpu_count())]
+
+
+@dataclass(frozen=True)
+class DeviceMap:
+    """A parsed ``map_location``. ``function`` is set for the callable form."""
+
+    mode: str  # "saved", "fixed", "dict", "callable" or "auto"
+    fixed: str | None = None
+    mapping: tuple[tuple[str, str], ...] = ()
+    function: Callable[[Any, str], Any] | None = None
+
+    @classmethod
+    def parse(cls, map_location: Any) -> "DeviceMap":
+        """Validate ``map_location`` once, before any byte is read."""
+        if map_location is None:
+            return cls("saved")
+        if isinstance(map_location, dict):
+            pairs = []
+            for source, target in map_location.items():
+                pairs.append((str(source), canonical_tag(str(target))))
+            return cls("dict", mapping=tuple(pairs))
+        if isinstance(map_location, (str, bytes)):
+            text = map_location.decode() if isinstance(map_location, bytes) else map_location
+            if text == "auto":
+                return cls("auto")
+            return cls("fixed", fixed=canonical_tag(text))
+        if callable(map_location):
+            return cls("callable", function=map_location)
+        # torch.device and other device-like objects: their str() is the tag.
+        return cls("fixed", fixed=canonical_tag(str(map_location)))
+
+    def target(self, saved: str) -> str:
+        """The tag a storage saved at ``saved`` goes to (not for the callable form)."""
+        if self.mode == "fixed":
+            return self.fixed  # type: ignore[return-value]
+        if self.mode == "dict":
+            for source, target in self.mapping:
+                if source == saved:
+                    return target
+        return saved

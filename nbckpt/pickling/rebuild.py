@@ -1,0 +1,576 @@
+"""nbckpt's own implementations of the globals a checkpoint's pickle may name.
+
+A torch checkpoint's pickle calls ``torch._utils._rebuild_tensor_v2``,
+``torch.Size``, ``collections.OrderedDict``... Nothing here imports torch:
+each allowed global maps to a function of :class:`Rebuilder` that validates its
+arguments as if they were hostile (they may be) and builds NumPy objects.
+
+Storages and array views are made by a *materializer*, so the same rebuild code
+serves eager loads (bytes read into host or GPU memory), memory maps, and lazy
+archives that only describe arrays. The materializer interface::
+
+    storage(key, dtype, numel, location) -> storage object
+    view(storage, dtype, byte_offset, shape, byte_strides) -> array
+    empty(storage, dtype, shape) -> array of size 0
+
+Every view is checked against its storage's size *before* the materializer
+is asked for it.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import collections
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import FormatError, UnpicklingError
+from ..format import dtypes as torch_dtypes
+
+__all__ = ["Rebuilder", "StorageClass", "PendingObject", "MAX_NDIM"]
+
+#: Highest rank accepted for a rebuilt array (NumPy's own limit).
+MAX_NDIM = 64
+
+_TEXT_ENCODINGS = frozenset({"latin1", "latin-1", "utf-8", "utf8", "ascii"})
+_SPARSE_LAYOUTS = ("sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc")
+_LAYOUTS = ("strided",) + _SPARSE_LAYOUTS + ("_mkldnn", "jagged")
+_QSCHEMES = (
+    "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine",
+    "per_channel_symmetric", "per_channel_affine_float_qparams",
+)
+
+
+class StorageClass:
+    """A torch storage class named in a persistent id (``torch.FloatStorage``)."""
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: torch_dtypes.TorchDtype) -> None:
+        self.name = name
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"<torch storage class {self.name}>"
+
+
+class TorchMarker:
+    """A torch object that only matters by name (``torch.Tensor``, a layout, a qscheme)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TorchMarker) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+class PendingObject:
+    """An object that a later BUILD opcode completes (NumPy arrays and dtypes).
+
+    The unpickler replaces it, on its stack and in its memo, by ``finish(state)``.
+    """
+
+    __slots__ = ()
+
+    def finish(self, state: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def resolve(self) -> Any:
+        """The object to use when no BUILD ever comes."""
+        raise FormatError(f"{self!r} was used before the pickle finished building it")
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int or isinstance(value, np.integer)
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)):
+        raise FormatError(f"{what} must be a tuple of integers, got {type(value).__name__}")
+    if len(value) > MAX_NDIM:
+        raise FormatError(f"{what} has {len(value)} dimensions; at most {MAX_NDIM} are supported")
+    if not all(_is_int(v) and v >= 0 for v in value):
+        raise FormatError(f"{what} must hold non-negative integers, got {tuple(value)!r}")
+    return tuple(int(v) for v in value)
+
+
+class Rebuilder:
+    """Implements the allowlisted globals on top of a materializer.
+
+    ``globals`` maps dotted names (``"torch._utils._rebuild_tensor_v2"``) to the
+    object the unpickler pushes; ``callables`` holds the ids of those that
+    REDUCE may call and ``classes`` those that NEWOBJ may instantiate.
+    """
+
+    def __init__(self, materializer: Any) -> None:
+        self._materializer = materializer
+        self._storages: dict[str, tuple[Any, torch_dtypes.TorchDtype, int]] = {}
+        self._storage_info: dict[int, tuple[Any, torch_dtypes.TorchDtype, int, str]] = {}
+        self.globals: dict[str, Any] = {}
+        self.callables: set[int] = set()
+        self.classes: set[int] = set()
+        self.tensor_marker = TorchMarker("torch.Tensor")
+        self.ndarray_marker = TorchMarker("numpy.ndarray")
+        self._register_all()
+
+    # -- registration ----------------------------------------------------------
+
+    def _call(self, name: str, fn: Callable) -> None:
+        self.globals[name] = fn
+        self.callables.add(id(fn))
+
+    def _value(self, name: str, value: Any) -> None:
+        self.globals[name] = value
+
+    def _register_all(self) -> None:
+        call = self._call
+        for prefix in ("torch._utils.", "torch._tensor."):
+            call(prefix + "_rebuild_tensor", self.rebuild_tensor)
+            call(prefix + "_rebuild_tensor_v2", self.rebuild_tensor_v2)
+            call(prefix + "_rebuild_tensor_v3", self.rebuild_tensor_v3)
+        call("torch._utils._rebuild_parameter", self.rebuild_parameter)
+        call("torch._utils._rebuild_parameter_with_state", self.rebuild_parameter_with_state)
+        call("torch._tensor._rebuild_from_type_v2", self.rebuild_from_type_v2)
+        call("torch._utils._rebuild_from_type_v2", self.rebuild_from_type_v2)
+        call("torch._utils._rebuild_device_tensor_from_cpu_tensor", self.rebuild_device_tensor_from_cpu_tensor)
+        for unsupported in ("_rebuild_qtensor", "_rebuild_nested_tensor", "_rebuild_wrapper_subclass",
+                            "_rebuild_device_tensor_from_numpy", "_rebuild_xla_tensor",
+                            "_rebuild_mtia_tensor"):
+            call(f"torch._utils.{unsupported}", _unsupported_rebuild(unsupported))
+        call("torch.serialization._get_layout", self.get_layout)
+        call("torch.Size", self.torch_size)
+        call("torch.device", self.torch_device)
+        parameter = self.parameter
+        call("torch.nn.parameter.Parameter", parameter)
+        self.classes.add(id(parameter))
+        call("torch.Tensor", self.legacy_tensor)
+        call("collections.OrderedDict", self.ordered_dict)
+        call("collections.Counter", self.counter)
+        call("builtins.set", self.make_set)
+        call("builtins.frozenset", self.make_frozenset)
+        call("builtins.complex", self.make_complex)
+        call("builtins.bytearray", self.make_bytearray)
+        call("builtins.slice", self.make_slice)
+        call("_codecs.encode", self.codecs_encode)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            call(f"{module}._reconstruct", self.numpy_reconstruct)
+            call(f"{module}.scalar", self.numpy_scalar)
+        call("numpy.dtype", self.numpy_dtype)
+        self._value("numpy.ndarray", self.ndarray_marker)
+        for tdtype in torch_dtypes.TORCH_DTYPES:
+            self._value(f"torch.{tdtype.name}", tdtype.numpy)
+            if tdtype.storage_class:
+                cls = StorageClass(tdtype.storage_class, tdtype)
+                self._value(f"torch.{tdtype.storage_class}", cls)
+                if not tdtype.name.startswith("q"):
+                    self._value(f"torch.cuda.{tdtype.storage_class}", cls)
+        for alias in ("float", "double", "half", "long", "int", "short", "cfloat", "cdouble", "chalf"):
+            self._value(f"torch.{alias}", torch_dtypes.by_torch_name(alias).numpy)
+        untyped = StorageClass("UntypedStorage", torch_dtypes.by_storage_class("UntypedStorage"))
+        self._value("torch.storage.UntypedStorage", untyped)
+        self._value("torch.UntypedStorage", untyped)
+        self._value("torch.storage.TypedStorage", StorageClass("TypedStorage", untyped.dtype))
+        for kind in ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool"):
+            for module in ("torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse"):
+                if kind == "Bool" and "sparse" in module:
+                    continue
+                self._value(f"{module}.{kind}Tensor", TorchMarker(f"{module}.{kind}Tensor"))
+        for scheme in _QSCHEMES:
+            self._value(f"torch.{scheme}", TorchMarker(f"torch.{scheme}"))
+        for layout in _LAYOUTS:
+            self._value(f"torch.{layout}", TorchMarker(f"torch.{layout}"))
+
+    def resolve(self, module: str, name: str) -> tuple[str, Any] | None:
+        """``(dotted name, object)`` of an allowlisted global, or None.
+
+        Python 2 names (``__builtin__.set``) are translated first, as pickle does.
+        """
+        dotted = canonical_name(module, name)
+        if dotted in self.globals:
+            return dotted, self.globals[dotted]
+        return None
+
+    # -- storages --------------------------------------------------------------
+
+    def persistent_load(self, pid: Any) -> Any:
+        """Turn ``('storage', StorageClass, key, location, numel)`` into a storage."""
+        if not isinstance(pid, tuple):
+            raise UnpicklingError(
+                f"persistent id must be a tuple ('storage', class, key, location, numel), "
+                f"got {type(pid).__name__}"
+            )
+        if not pid or _ascii(pid[0]) != "storage":
+            kind = _ascii(pid[0]) if pid else "nothing"
+            raise UnpicklingError(
+                f"only storages may be loaded by persistent id, but the file asks for {kind!r}"
+            )
+        if len(pid) != 5:
+            raise FormatError(
+                f"storage persistent id has {len(pid)} fields, expected 5 "
+                f"('storage', class, key, location, numel)"
+            )
+        _, storage_class, key, location, numel = pid
+        return self.load_storage(storage_class, key, location, numel)
+
+    def load_storage(self, storage_class: Any, key: Any, location: Any, numel: Any) -> Any:
+        """Validate one storage reference and return its (cached) storage object."""
+        if not isinstance(storage_class, StorageClass):
+            raise FormatError(f"storage class must be a torch storage class, got {storage_class!r}")
+        key = _ascii(key)
+        location = _ascii(location)
+        if not isinstance(key, str) or not isinstance(location, str):
+            raise FormatError(f"storage key and location must be strings, got {key!r} and {location!r}")
+        if not _is_int(numel) or numel < 0:
+            raise FormatError(f"storage {key!r} declares {numel!r} elements; expected a count >= 0")
+        numel = int(numel)
+        dtype = storage_class.dtype
+        cached = self._storages.get(key)
+        if cached is not None:
+            storage, cached_dtype, cached_numel = cached
+            if cached_numel * cached_dtype.itemsize != numel * dtype.itemsize or (
+                cached_dtype.name != dtype.name and numel
+            ):
+                raise FormatError(
+                    f"storage {key!r} is referenced as {cached_numel} x {cached_dtype.name} and as "
+                    f"{numel} x {dtype.name}; a storage has one type and one size",
+                    record=f"data/{key}",
+                )
+            return storage
+        storage = self._materializer.storage(key, dtype, numel, location)
+        self._storages[key] = (storage, dtype, numel)
+        self._storage_info[id(storage)] = (storage, dtype, numel * dtype.itemsize, key)
+        return storage
+
+    def storage_info(self, storage: Any) -> tuple[torch_dtypes.TorchDtype, int, str]:
+        """``(dtype, nbytes, key)`` of a storage this rebuilder made; FormatError otherwise."""
+        info = self._storage_info.get(id(storage))
+        if info is None or info[0] is not storage:
+            raise FormatError(
+                f"an array must be built on a storage from the file, got {type(storage).__name__}"
+            )
+        return info[1], info[2], info[3]
+
+    # -- arrays ----------------------------------------------------------------
+
+    def _view(self, storage: Any, offset: Any, size: Any, stride: Any, dtype: np.dtype | None) -> Any:
+        storage_dtype, nbytes, key = self.storage_info(storage)
+        if dtype is None:
+            dtype = storage_dtype.numpy
+        shape = _int_tuple(size, "array size")
+        strides = _int_tuple(stride, "array stride")
+        if len(strides) != len(shape):
+            raise FormatError(f"array size {shape} and stride {strides} have different lengths")
+        if not _is_int(offset) or offset < 0:
+            raise FormatError(f"array offset must be an integer >= 0, got {offset!r}")
+        offset = int(offset)
+        itemsize = dtype.itemsize
+        if 0 in shape:
+            return self._materializer.empty(storage, dtype, shape)
+        last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
+        if (last + 1) * itemsize > nbytes:
+            raise FormatError(
+                f"array of size {shape}, stride {strides} at offset {offset} needs "
+                f"{(last + 1) * itemsize} bytes of storage {key!r}, which holds {nbytes}",
+                record=f"data/{key}",
+            )
+        return self._materializer.view(
+            storage, dtype, offset * itemsize, shape, tuple(s * itemsize for s in strides)
+        )
+
+    def rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
+        """``torch._utils._rebuild_tensor``: the oldest form of an array."""
+        return self._view(storage, storage_offset, size, stride, None)
+
+    def rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
+                          requires_grad: Any = False, backward_hooks: Any = None,
+                          metadata: Any = None) -> Any:
+        """``torch._utils._rebuild_tensor_v2``: a view of a typed storage."""
+        array = self._view(storage, storage_offset, size, stride, None)
+        return _apply_math_bits(array, metadata)
+
+    def rebuild_tensor_v3(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
+                          requires_grad: Any, backward_hooks: Any, dtype: Any,
+                          metadata: Any = None) -> Any:
+        """``torch._utils._rebuild_tensor_v3``: a view of an untyped storage with a dtype."""
+        if not isinstance(dtype, np.dtype) or torch_dtypes.for_numpy(dtype) is None:
+            raise FormatError(f"_rebuild_tensor_v3 needs a torch dtype, got {dtype!r}")
+        array = self._view(storage, storage_offset, size, stride, dtype)
+        return _apply_math_bits(array, metadata)
+
+    def rebuild_parameter(self, data: Any, requires_grad: Any = True, backward_hooks: Any = None) -> Any:
+        """``nn.Parameter``: NumPy has no parameters, the array itself is returned."""
+        return data
+
+    def rebuild_parameter_with_state(self, data: Any, requires_grad: Any, backward_hooks: Any,
+                                     state: Any) -> Any:
+        """``nn.Parameter`` with Python attributes: the attributes are dropped."""
+        return data
+
+    def parameter(self, data: Any = None, requires_grad: Any = True) -> Any:
+        """``torch.nn.Parameter(data, requires_grad)`` called by REDUCE or NEWOBJ."""
+        return data
+
+    def rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
+        """A tensor subclass or a tensor with attributes: build the plain array."""
+        if id(func) not in self.callables:
+            raise UnpicklingError(f"_rebuild_from_type_v2 was given a function that is not allowed: {func!r}")
+        if not isinstance(args, tuple):
+            raise FormatError(f"_rebuild_from_type_v2 arguments must be a tuple, got {type(args).__name__}")
+        return func(*args)
+
+    def rebuild_device_tensor_from_cpu_tensor(self, data: Any, dtype: Any, device: Any,
+                                              requires_grad: Any) -> Any:
+        """A tensor of a storage-less backend (XLA...): its host copy is returned."""
+        return data
+
+    def legacy_tensor(self, *args: Any) -> Any:
+        """``torch.Tensor()`` followed by BUILD (storage, offset, size, stride)."""
+        if args:
+            raise FormatError("torch.Tensor(...) with arguments is not a form torch.save writes")
+        return _PendingLegacyTensor(self)
+
+    # -- small torch objects -----------------------------------------------------
+
+    def torch_size(self, sizes: Any = ()) -> tuple[int, ...]:
+        """``torch.Size`` loads as a tuple of ints."""
+        return _int_tuple(sizes, "torch.Size")
+
+    def torch_device(self, kind: Any, index: Any = None) -> str:
+        """``torch.device`` loads as its tag string (``"cuda:1"``)."""
+        if not isinstance(kind, str) or len(kind) > 64:
+            raise FormatError(f"torch.device needs a device type string, got {kind!r}")
+        if index is None:
+            return kind
+        if not _is_int(index) or index < 0:
+            raise FormatError(f"torch.device index must be an integer >= 0, got {index!r}")
+        return f"{kind}:{int(index)}"
+
+    def get_layout(self, name: Any) -> TorchMarker:
+        """``torch.serialization._get_layout('torch.sparse_coo')``."""
+        if not isinstance(name, str) or name.removeprefix("torch.") not in _LAYOUTS:
+            raise FormatError(f"unknown tensor layout {name!r}")
+        return TorchMarker(name if name.startswith("torch.") else f"torch.{name}")
+
+    # -- Python builtins ----------------------------------------------------------
+
+    def ordered_dict(self, items: Any = ()) -> collections.OrderedDict:
+        return collections.OrderedDict(_pairs(items, "OrderedDict"))
+
+    def counter(self, items: Any = ()) -> collections.Counter:
+        if isinstance(items, dict):
+            items = list(items.items())
+        return collections.Counter(dict(_pairs(items, "Counter")))
+
+    def make_set(self, items: Any = ()) -> set:
+        return set(_items(items, "set"))
+
+    def make_frozenset(self, items: Any = ()) -> frozenset:
+        return frozenset(_items(items, "frozenset"))
+
+    def make_complex(self, real: Any = 0, imag: Any = 0) -> complex:
+        if not all(type(v) in (int, float) for v in (real, imag)):
+            raise FormatError(f"complex() needs two numbers, got {real!r} and {imag!r}")
+        return complex(real, imag)
+
+    def make_slice(self, *args: Any) -> slice:
+        if len(args) > 3 or not all(a is None or type(a) is int for a in args):
+            raise FormatError(f"slice() needs up to three ints or None, got {args!r}")
+        return slice(*args)
+
+    def make_bytearray(self, source: Any = b"", encoding: Any = None) -> bytearray:
+        # bytearray(n) would allocate n bytes: only the forms pickle writes are allowed.
+        if type(source) is bytes and encoding is None:
+            return bytearray(source)
+        if type(source) is str and encoding in _TEXT_ENCODINGS:
+            return bytearray(source, encoding)
+        raise FormatError(f"bytearray() accepts bytes, or a str and its encoding; got {type(source).__name__}")
+
+    def codecs_encode(self, text: Any, encoding: Any = "utf-8") -> bytes:
+        if type(text) is not str or encoding not in _TEXT_ENCODINGS:
+            raise FormatError(
+                f"_codecs.encode is only allowed on text with latin1/utf-8/ascii, got "
+                f"{type(text).__name__} and {encoding!r}"
+            )
+        return text.encode(encoding)
+
+    # -- NumPy objects pickled natively ----------------------------------------------
+
+    def numpy_reconstruct(self, cls: Any, shape: Any, typecode: Any) -> "_PendingArray":
+        if cls is not self.ndarray_marker:
+            raise UnpicklingError(f"numpy _reconstruct may only build numpy.ndarray, got {cls!r}")
+        return _PendingArray()
+
+    def numpy_dtype(self, name: Any, align: Any = False, copy: Any = True) -> "_PendingDtype":
+        return _PendingDtype(_numeric_dtype(name))
+
+    def numpy_scalar(self, dtype: Any, data: Any = None) -> np.generic:
+        dtype = _resolved_dtype(dtype)
+        if type(data) is not bytes or len(data) != dtype.itemsize:
+            raise FormatError(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes of data")
+        return np.frombuffer(data, dtype=dtype)[0]
+
+
+def canonical_name(module: str, name: str) -> str:
+    """``module.name`` after Python 2 name translation (``__builtin__`` -> ``builtins``)."""
+    key = (module, name)
+    if key in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[key]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def _ascii(value: Any) -> Any:
+    """Python 2 checkpoints hold some strings as bytes."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError(f"expected an ASCII string, got {value[:40]!r}") from None
+    return value
+
+
+def _pairs(items: Any, what: str) -> list[tuple[Any, Any]]:
+    if not isinstance(items, (list, tuple)):
+        raise FormatError(f"{what}() needs a list of pairs, got {type(items).__name__}")
+    pairs = []
+    for pair in items:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise FormatError(f"{what}() needs (key, value) pairs, got {pair!r}")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def _items(items: Any, what: str) -> list:
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise FormatError(f"{what}() needs a list of items, got {type(items).__name__}")
+    return list(items)
+
+
+def _apply_math_bits(array: Any, metadata: Any) -> Any:
+    """torch stores ``conj()``/``neg`` views unmaterialized; NumPy needs the values."""
+    if metadata is None or metadata == {}:
+        return array
+    if not isinstance(metadata, dict) or not set(metadata) <= {"conj", "neg"}:
+        raise FormatError(f"unknown tensor metadata {metadata!r}")
+    if metadata.get("conj"):
+        array = array.conj()
+    if metadata.get("neg"):
+        array = -array
+    return array
+
+
+def _numeric_dtype(name: Any) -> np.dtype:
+    if not isinstance(name, str) or len(name) > 8:
+        raise FormatError(f"numpy dtype must be named by a short string, got {name!r}")
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        raise FormatError(f"{name!r} is not a numpy dtype") from None
+    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+        raise UnpicklingError(
+            f"numpy dtype {dtype} is not numeric; only bool, integer, float and complex "
+            f"arrays are loaded with weights_only=True"
+        )
+    return dtype
+
+
+def _resolved_dtype(dtype: Any) -> np.dtype:
+    if isinstance(dtype, _PendingDtype):
+        return dtype.resolve()
+    if isinstance(dtype, np.dtype) and dtype.kind in "biufc" and dtype.fields is None:
+        return dtype
+    raise FormatError(f"expected a numeric numpy dtype, got {dtype!r}")
+
+
+class _PendingDtype(PendingObject):
+    """``numpy.dtype('f4')`` waiting for BUILD to set its byte order."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: np.dtype) -> None:
+        self.base = base
+
+    def finish(self, state: Any) -> np.dtype:
+        if not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4):
+            raise FormatError(f"unexpected numpy dtype state {state!r}")
+        order = state[1]
+        if order not in ("<", ">", "|", "=") or state[2:5] != (None, None, None):
+            raise UnpicklingError(f"numpy dtype state {state!r} is not that of a plain numeric dtype")
+        return self.base.newbyteorder(order) if order in "<>" else self.base
+
+    def resolve(self) -> np.dtype:
+        return self.base
+
+    def __repr__(self) -> str:
+        return f"<numpy dtype {self.base} before BUILD>"
+
+
+class _PendingArray(PendingObject):
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`` before BUILD."""
+
+    __slots__ = ()
+
+    def finish(self, state: Any) -> np.ndarray:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise FormatError(f"unexpected numpy array state of type {type(state).__name__}")
+        _, shape, dtype, fortran, data = state
+        shape = _int_tuple(shape, "numpy array shape")
+        dtype = _resolved_dtype(dtype)
+        if type(data) is not bytes:
+            raise UnpicklingError(
+                "numpy array data must be raw bytes; arrays of Python objects are never "
+                "loaded with weights_only=True"
+            )
+        expected = math.prod(shape) * dtype.itemsize
+        if len(data) != expected:
+            raise FormatError(f"numpy array of shape {shape} and dtype {dtype} needs {expected} bytes, got {len(data)}")
+        array = np.frombuffer(bytearray(data), dtype=dtype)
+        return array.reshape(shape, order="F" if fortran else "C")
+
+    def __repr__(self) -> str:
+        return "<numpy array before BUILD>"
+
+
+class _PendingLegacyTensor(PendingObject):
+    """``torch.Tensor()`` waiting for BUILD (storage, offset, size, stride)."""
+
+    __slots__ = ("_rebuilder",)
+
+    def __init__(self, rebuilder: Rebuilder) -> None:
+        self._rebuilder = rebuilder
+
+    def finish(self, state: Any) -> Any:
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise FormatError("torch.Tensor state must be (storage, offset, size, stride)")
+        return self._rebuilder.rebuild_tensor(*state)
+
+    def __repr__(self) -> str:
+        return "<torch.Tensor before BUILD>"
+
+
+def _unsupported_rebuild(name: str) -> Callable:
+    what = {
+        "_rebuild_qtensor": "quantized tensors",
+        "_rebuild_nested_tensor": "nested tensors",
+        "_rebuild_wrapper_subclass": "wrapper tensor subclasses",
+    }.get(name, "tensors of this backend")
+
+    def refuse(*args: Any) -> Any:
+        raise UnpicklingError(
+            f"the file holds {what} (torch._utils.{name}), which nbckpt cannot load as "
+            f"NumPy arrays; load the file with torch, convert them to plain tensors, and save again"
+        )
+
+    refuse.__name__ = name
+    return refuse

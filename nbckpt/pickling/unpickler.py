@@ -1,0 +1,493 @@
+"""Unpicklers: the restricted one used by default, and the full one (opt-in).
+
+:class:`SafeUnpickler` is a small pickle virtual machine written for hostile
+input. It executes the binary opcodes of protocols 2 to 4 that hold data,
+resolves GLOBALs only through nbckpt's allowlist (see :mod:`.rebuild`) and the
+user's safe globals (see :mod:`.allowlist`), imports nothing, and checks every
+operation's target: REDUCE only calls allowed callables, BUILD only completes
+objects it knows, SETITEM only touches dicts, APPEND only lists. Reads are
+bounded by the data, so a length field cannot make it allocate more than the
+pickle's own size. Opcodes that import or call by other means (INST, OBJ,
+NEWOBJ_EX, EXT*), text-protocol opcodes and out-of-band buffers are refused.
+
+:class:`FullUnpickler` (``weights_only=False``) is Python's own unpickler with
+torch's rebuild functions mapped to nbckpt's: it can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import struct
+from typing import Any
+
+from ..errors import FormatError, UnpicklingError
+from . import allowlist
+from .rebuild import PendingObject, Rebuilder, canonical_name
+
+__all__ = ["SafeUnpickler", "FullUnpickler", "MAX_NESTING"]
+
+#: Deepest MARK nesting accepted (torch files need a handful).
+MAX_NESTING = 1000
+
+_unpack_i4 = struct.Struct("<i").unpack_from
+_unpack_u4 = struct.Struct("<I").unpack_from
+_unpack_u8 = struct.Struct("<Q").unpack_from
+_unpack_u2 = struct.Struct("<H").unpack_from
+_unpack_f8 = struct.Struct(">d").unpack_from
+
+# Opcode bytes, named as in the pickle module.
+_MARK, _STOP, _POP, _POP_MARK, _DUP = 0x28, 0x2E, 0x30, 0x31, 0x32
+_BININT, _BININT1, _BININT2, _NONE = 0x4A, 0x4B, 0x4D, 0x4E
+_BINPERSID, _REDUCE, _BINSTRING, _SHORT_BINSTRING = 0x51, 0x52, 0x54, 0x55
+_BINUNICODE, _EMPTY_LIST, _APPEND, _BUILD, _GLOBAL = 0x58, 0x5D, 0x61, 0x62, 0x63
+_APPENDS, _BINGET, _LONG_BINGET, _BINPUT, _LONG_BINPUT = 0x65, 0x68, 0x6A, 0x71, 0x72
+_SETITEM, _TUPLE, _SETITEMS, _EMPTY_DICT, _EMPTY_TUPLE = 0x73, 0x74, 0x75, 0x7D, 0x29
+_BINFLOAT = 0x47
+_PROTO, _NEWOBJ, _TUPLE1, _TUPLE2, _TUPLE3 = 0x80, 0x81, 0x85, 0x86, 0x87
+_NEWTRUE, _NEWFALSE, _LONG1, _LONG4 = 0x88, 0x89, 0x8A, 0x8B
+_BINBYTES, _SHORT_BINBYTES = 0x42, 0x43
+_SHORT_BINUNICODE, _BINUNICODE8, _BINBYTES8 = 0x8C, 0x8D, 0x8E
+_EMPTY_SET, _ADDITEMS, _FROZENSET, _STACK_GLOBAL, _MEMOIZE, _FRAME = 0x8F, 0x90, 0x91, 0x93, 0x94, 0x95
+
+# Opcodes that exist but are never executed with weights_only=True, and why.
+_REFUSED = {
+    b"i"[0]: ("INST", "imports and calls a class"),
+    b"o"[0]: ("OBJ", "calls a class"),
+    0x92: ("NEWOBJ_EX", "calls a class with keyword arguments"),
+    0x82: ("EXT1", "imports through the copyreg extension registry"),
+    0x83: ("EXT2", "imports through the copyreg extension registry"),
+    0x84: ("EXT4", "imports through the copyreg extension registry"),
+    b"P"[0]: ("PERSID", "is a text-protocol persistent id"),
+    0x96: ("BYTEARRAY8", "is a protocol-5 buffer"),
+    0x97: ("NEXT_BUFFER", "reads an out-of-band buffer"),
+    0x98: ("READONLY_BUFFER", "reads an out-of-band buffer"),
+}
+for _code, _name in ((b"I", "INT"), (b"L", "LONG"), (b"F", "FLOAT"), (b"S", "STRING"),
+                     (b"V", "UNICODE"), (b"g", "GET"), (b"p", "PUT"), (b"l", "LIST"),
+                     (b"d", "DICT")):
+    _REFUSED[_code[0]] = (_name, "belongs to the text pickle protocol 0, which torch never writes")
+
+_DICT_TYPES = (dict, collections.OrderedDict, collections.Counter)
+
+
+class SafeUnpickler:
+    """Load one pickle from ``data`` (bytes) without running code.
+
+    ``rebuilder`` supplies the allowlisted globals and the storages;
+    ``encoding`` decodes Python 2 byte strings (``"bytes"`` keeps them as
+    bytes). After :meth:`load`, ``position`` is the offset just past STOP.
+
+        >>> import pickle
+        >>> from nbckpt.pickling.rebuild import Rebuilder
+        >>> SafeUnpickler(pickle.dumps({"a": [1, 2.5]}, protocol=2), Rebuilder(None)).load()
+        {'a': [1, 2.5]}
+    """
+
+    def __init__(self, data: bytes, rebuilder: Rebuilder, *, encoding: str = "utf-8",
+                 start: int = 0) -> None:
+        self._data = data
+        self._rebuilder = rebuilder
+        self._encoding = encoding
+        self.position = start
+        self.globals_seen: list[str] = []
+        self._user_callables: set[int] = set()
+        self._user_classes: set[int] = set()
+
+    # -- globals ------------------------------------------------------------------
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The object for GLOBAL ``module.name``: allowlisted, or refused."""
+        dotted = canonical_name(module, name)
+        self.globals_seen.append(dotted)
+        mod, _, short = dotted.rpartition(".")
+        reason = allowlist.blocked_reason(mod, short)
+        if reason is not None:
+            raise UnpicklingError(
+                f"weights_only=True refused GLOBAL {dotted}: {reason}, so nbckpt never "
+                f"loads it, even when allowlisted. Load this file with weights_only=False "
+                f"only if you trust its source completely: it would run that code.",
+                global_name=dotted,
+            )
+        found = self._rebuilder.resolve(module, name)
+        if found is not None:
+            return found[1]
+        allowed, obj = allowlist.user_global(dotted)
+        if allowed:
+            if callable(obj):
+                self._user_callables.add(id(obj))
+            if isinstance(obj, type):
+                self._user_classes.add(id(obj))
+            return obj
+        raise UnpicklingError(allowlist.refusal_message(dotted), global_name=dotted)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _fail(self, pos: int, message: str) -> FormatError:
+        return FormatError(f"corrupt pickle at byte {pos}: {message}", record="data.pkl")
+
+    def _string(self, raw: bytes) -> Any:
+        """Python 2 ``str`` (SHORT_BINSTRING/BINSTRING), decoded as asked."""
+        if self._encoding == "bytes":
+            return raw
+        return raw.decode(self._encoding)  # UnicodeDecodeError is the caller's to see
+
+    def _reduce(self, func: Any, args: Any, pos: int) -> Any:
+        if type(args) is not tuple:
+            raise self._fail(pos, f"REDUCE arguments must be a tuple, got {type(args).__name__}")
+        if id(func) in self._rebuilder.callables or id(func) in self._user_callables:
+            return func(*args)
+        raise UnpicklingError(
+            f"weights_only=True refused to call {func!r} (REDUCE at byte {pos}): only "
+            f"allowlisted functions and classes may be called"
+        )
+
+    def _newobj(self, cls: Any, args: Any, pos: int) -> Any:
+        if type(args) is not tuple:
+            raise self._fail(pos, f"NEWOBJ arguments must be a tuple, got {type(args).__name__}")
+        if id(cls) in self._rebuilder.classes:
+            return cls(*args)
+        if id(cls) in self._user_classes:
+            return cls.__new__(cls, *args)
+        raise UnpicklingError(
+            f"weights_only=True refused to create an object of {cls!r} (NEWOBJ at byte {pos}): "
+            f"only classes allowlisted with nbckpt.add_safe_globals may be created"
+        )
+
+    def _build(self, inst: Any, state: Any, pos: int) -> Any:
+        """Apply BUILD; returns the object that replaces ``inst`` (usually itself)."""
+        if isinstance(inst, PendingObject):
+            return inst.finish(state)
+        if type(inst) is collections.OrderedDict:
+            # A state_dict's ``_metadata`` (module versions) arrives this way.
+            _set_attributes(inst, state, pos)
+            return inst
+        if id(type(inst)) in self._user_classes:
+            setstate = getattr(inst, "__setstate__", None)
+            if setstate is not None and type(inst).__setstate__ is not object.__setstate__:
+                setstate(state)
+                return inst
+            slotstate = None
+            if isinstance(state, tuple) and len(state) == 2:
+                state, slotstate = state
+            if state:
+                _set_attributes(inst, state, pos, use_dict=True)
+            if slotstate:
+                _set_attributes(inst, slotstate, pos)
+            return inst
+        raise UnpicklingError(
+            f"weights_only=True refused BUILD on {type(inst).__module__}.{type(inst).__qualname__} "
+            f"(byte {pos}): only OrderedDict, NumPy arrays and allowlisted classes may be built"
+        )
+
+    # -- the machine ---------------------------------------------------------------------
+
+    def load(self) -> Any:
+        """Run the pickle up to STOP and return its object."""
+        try:
+            return self._run()
+        except (IndexError, struct.error) as err:
+            raise FormatError(
+                f"corrupt or truncated pickle near byte {self.position}: {err}", record="data.pkl"
+            ) from None
+        except RecursionError:
+            raise FormatError("pickle is nested too deeply", record="data.pkl") from None
+        except TypeError as err:
+            # Unhashable keys, wrong argument counts: all come from the file.
+            raise FormatError(f"invalid pickle near byte {self.position}: {err}", record="data.pkl") from None
+
+    def _run(self) -> Any:  # noqa: C901 - one loop over opcodes is the clearest form
+        data = self._data
+        end = len(data)
+        pos = self.position
+        stack: list[Any] = []
+        marks: list[int] = []
+        memo: dict[int, Any] = {}
+        pending_slots: dict[int, list[int]] = {}
+        rebuilder = self._rebuilder
+
+        def take(n: int) -> int:
+            # Return the start of n bytes and check they exist.
+            nonlocal pos
+            if n < 0 or pos + n > end:
+                raise self._fail(pos, f"expected {n} bytes of data, only {max(end - pos, 0)} left")
+            start = pos
+            pos += n
+            return start
+
+        def pop_mark() -> list:
+            if not marks:
+                raise self._fail(pos, "an opcode needs a MARK but there is none")
+            k = marks.pop()
+            items = stack[k:]
+            del stack[k:]
+            return items
+
+        def put(index: int) -> None:
+            value = stack[-1]
+            memo[index] = value
+            if isinstance(value, PendingObject):
+                pending_slots.setdefault(id(value), []).append(index)
+
+        while True:
+            self.position = pos
+            if pos >= end:
+                raise self._fail(pos, "the pickle ends without a STOP opcode")
+            op = data[pos]
+            pos += 1
+            if op == _BINPUT:
+                put(data[take(1)])
+            elif op == _BINGET or op == _LONG_BINGET:
+                index = data[take(1)] if op == _BINGET else _unpack_u4(data, take(4))[0]
+                try:
+                    stack.append(memo[index])
+                except KeyError:
+                    raise self._fail(pos, f"memo slot {index} is read before it is written") from None
+            elif op == _BINUNICODE or op == _SHORT_BINUNICODE or op == _BINUNICODE8:
+                if op == _BINUNICODE:
+                    n = _unpack_u4(data, take(4))[0]
+                elif op == _SHORT_BINUNICODE:
+                    n = data[take(1)]
+                else:
+                    n = _unpack_u8(data, take(8))[0]
+                start = take(n)
+                try:
+                    stack.append(data[start:pos].decode("utf-8", "surrogatepass"))
+                except UnicodeDecodeError:
+                    raise self._fail(start, "a unicode string is not valid UTF-8") from None
+            elif op == _MARK:
+                if len(marks) >= MAX_NESTING:
+                    raise FormatError(
+                        f"pickle nests more than {MAX_NESTING} levels deep", record="data.pkl"
+                    )
+                marks.append(len(stack))
+            elif op == _BININT1:
+                stack.append(data[take(1)])
+            elif op == _BININT2:
+                stack.append(_unpack_u2(data, take(2))[0])
+            elif op == _BININT:
+                stack.append(_unpack_i4(data, take(4))[0])
+            elif op == _TUPLE:
+                stack.append(tuple(pop_mark()))
+            elif op == _TUPLE1:
+                stack[-1] = (stack[-1],)
+            elif op == _TUPLE2:
+                b = stack.pop()
+                stack[-1] = (stack[-1], b)
+            elif op == _TUPLE3:
+                c = stack.pop()
+                b = stack.pop()
+                stack[-1] = (stack[-1], b, c)
+            elif op == _EMPTY_TUPLE:
+                stack.append(())
+            elif op == _REDUCE:
+                args = stack.pop()
+                stack[-1] = self._reduce(stack[-1], args, pos - 1)
+            elif op == _BINPERSID:
+                stack[-1] = rebuilder.persistent_load(stack[-1])
+            elif op == _GLOBAL:
+                module = self._line(data, pos, end)
+                pos += len(module) + 1
+                name = self._line(data, pos, end)
+                pos += len(name) + 1
+                stack.append(self.find_class(module.decode("utf-8"), name.decode("utf-8")))
+            elif op == _NEWFALSE:
+                stack.append(False)
+            elif op == _NEWTRUE:
+                stack.append(True)
+            elif op == _NONE:
+                stack.append(None)
+            elif op == _BINFLOAT:
+                stack.append(_unpack_f8(data, take(8))[0])
+            elif op == _EMPTY_DICT:
+                stack.append({})
+            elif op == _EMPTY_LIST:
+                stack.append([])
+            elif op == _SETITEM:
+                value = stack.pop()
+                key = stack.pop()
+                target = stack[-1]
+                if type(target) not in _DICT_TYPES:
+                    raise _refuse_target("SETITEM", target, "dict, OrderedDict or Counter", pos - 1)
+                target[key] = value
+            elif op == _SETITEMS:
+                items = pop_mark()
+                target = stack[-1]
+                if type(target) not in _DICT_TYPES:
+                    raise _refuse_target("SETITEMS", target, "dict, OrderedDict or Counter", pos - 1)
+                if len(items) % 2:
+                    raise self._fail(pos, "SETITEMS needs key/value pairs, got an odd number of items")
+                for i in range(0, len(items), 2):
+                    target[items[i]] = items[i + 1]
+            elif op == _APPEND:
+                value = stack.pop()
+                target = stack[-1]
+                if type(target) is not list:
+                    raise _refuse_target("APPEND", target, "list", pos - 1)
+                target.append(value)
+            elif op == _APPENDS:
+                items = pop_mark()
+                target = stack[-1]
+                if type(target) is not list:
+                    raise _refuse_target("APPENDS", target, "list", pos - 1)
+                target.extend(items)
+            elif op == _BUILD:
+                state = stack.pop()
+                inst = stack[-1]
+                built = self._build(inst, state, pos - 1)
+                if built is not inst:
+                    stack[-1] = built
+                    for index in pending_slots.pop(id(inst), ()):
+                        if memo.get(index) is inst:
+                            memo[index] = built
+            elif op == _LONG_BINPUT:
+                put(_unpack_u4(data, take(4))[0])
+            elif op == _MEMOIZE:
+                put(len(memo))
+            elif op == _LONG1 or op == _LONG4:
+                n = data[take(1)] if op == _LONG1 else _unpack_i4(data, take(4))[0]
+                start = take(n)
+                stack.append(int.from_bytes(data[start:pos], "little", signed=True))
+            elif op == _NEWOBJ:
+                args = stack.pop()
+                stack[-1] = self._newobj(stack[-1], args, pos - 1)
+            elif op == _SHORT_BINSTRING or op == _BINSTRING:
+                n = data[take(1)] if op == _SHORT_BINSTRING else _unpack_i4(data, take(4))[0]
+                start = take(n)
+                stack.append(self._string(data[start:pos]))
+            elif op == _BINBYTES or op == _SHORT_BINBYTES or op == _BINBYTES8:
+                if op == _BINBYTES:
+                    n = _unpack_u4(data, take(4))[0]
+                elif op == _SHORT_BINBYTES:
+                    n = data[take(1)]
+                else:
+                    n = _unpack_u8(data, take(8))[0]
+                start = take(n)
+                stack.append(data[start:pos])
+            elif op == _EMPTY_SET:
+                stack.append(set())
+            elif op == _ADDITEMS:
+                items = pop_mark()
+                target = stack[-1]
+                if type(target) is not set:
+                    raise _refuse_target("ADDITEMS", target, "set", pos - 1)
+                target.update(items)
+            elif op == _FROZENSET:
+                stack.append(frozenset(pop_mark()))
+            elif op == _STACK_GLOBAL:
+                name = stack.pop()
+                module = stack.pop()
+                if type(module) is not str or type(name) is not str:
+                    raise self._fail(pos, "STACK_GLOBAL needs two strings")
+                stack.append(self.find_class(module, name))
+            elif op == _FRAME:
+                take(8)  # a length hint only; the data follows inline
+            elif op == _PROTO:
+                proto = data[take(1)]
+                if proto > 5:
+                    raise self._fail(pos, f"unsupported pickle protocol {proto}")
+            elif op == _POP:
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    stack.pop()
+            elif op == _POP_MARK:
+                pop_mark()
+            elif op == _DUP:
+                stack.append(stack[-1])
+            elif op == _STOP:
+                self.position = pos
+                if len(stack) != 1 or marks:
+                    raise self._fail(pos, f"STOP with {len(stack)} objects and {len(marks)} marks left")
+                result = stack[0]
+                if isinstance(result, PendingObject):
+                    result = result.resolve()
+                return result
+            elif op in _REFUSED:
+                name, why = _REFUSED[op]
+                raise UnpicklingError(
+                    f"weights_only=True refused pickle opcode {name} at byte {pos - 1}: it {why}. "
+                    f"torch.save never writes it; load the file with weights_only=False only "
+                    f"if you trust its source completely"
+                )
+            else:
+                raise self._fail(pos - 1, f"byte 0x{op:02x} is not a pickle opcode")
+
+    def _line(self, data: bytes, pos: int, end: int) -> bytes:
+        newline = data.find(b"\n", pos, min(end, pos + 1024))
+        if newline < 0:
+            raise self._fail(pos, "a GLOBAL name is not terminated by a newline within 1024 bytes")
+        return data[pos:newline]
+
+
+def _set_attributes(inst: Any, state: Any, pos: int, *, use_dict: bool = False) -> None:
+    if not isinstance(state, dict):
+        raise FormatError(f"BUILD state must be a dict of attributes, got {type(state).__name__}", record="data.pkl")
+    for key, value in state.items():
+        if type(key) is not str or (key.startswith("__") and key.endswith("__")):
+            raise UnpicklingError(f"weights_only=True refused to set attribute {key!r} (BUILD at byte {pos})")
+        if use_dict and hasattr(inst, "__dict__"):
+            inst.__dict__[key] = value
+        else:
+            setattr(inst, key, value)
+
+
+def _refuse_target(opcode: str, target: Any, allowed: str, pos: int) -> UnpicklingError:
+    return UnpicklingError(
+        f"weights_only=True refused {opcode} on {type(target).__module__}.{type(target).__qualname__} "
+        f"(byte {pos}): it may only modify a {allowed} the pickle created"
+    )
+
+
+class FullUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Python's unpickler with torch's globals mapped to nbckpt (``weights_only=False``).
+
+    Everything else is imported and called as the pickle says: only for files
+    from a source you trust. Python's pure-Python unpickler is used because its
+    BUILD can be taught to complete NumPy placeholders.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, data: bytes, rebuilder: Rebuilder, *, encoding: str = "utf-8",
+                 start: int = 0) -> None:
+        self._buffer = io.BytesIO(data)
+        self._buffer.seek(start)
+        super().__init__(self._buffer, encoding=encoding)
+        self._rebuilder = rebuilder
+
+    @property
+    def position(self) -> int:
+        return self._buffer.tell()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self._rebuilder.resolve(module, name)
+        if found is not None:
+            return found[1]
+        try:
+            return super().find_class(module, name)
+        except ImportError as err:
+            hint = " (pip install torch)" if module.split(".")[0] == "torch" else ""
+            raise UnpicklingError(
+                f"the file needs {module}.{name}, which cannot be imported here: {err}{hint}",
+                global_name=f"{module}.{name}",
+            ) from err
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._rebuilder.persistent_load(pid)
+
+    def load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, PendingObject):
+            built = inst.finish(state)
+            self.stack[-1] = built
+            for key, value in list(self.memo.items()):
+                if value is inst:
+                    self.memo[key] = built
+            return
+        self.stack.append(state)
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build

@@ -1,0 +1,131 @@
+"""Where checkpoints come from and go to: paths, file objects, atomic writes.
+
+Saving to a path is atomic: the bytes go to a temporary file in the same
+folder, which is flushed, fsynced and then renamed over the target
+(``os.replace``), and the folder is fsynced. A crash or an exception at any
+point leaves the previous file as it was and no temporary file behind.
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> target = os.path.join(folder, "x.bin")
+    >>> with atomic_write(target) as f:
+    ...     _ = f.write(b"new")
+    >>> open(target, "rb").read(), os.listdir(folder)
+    (b'new', ['x.bin'])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from typing import IO, Any, Iterator
+
+__all__ = ["is_path", "archive_prefix", "atomic_write", "open_source", "check_writable"]
+
+SEEKABLE_HINT = (
+    "nbckpt can only load from a file object that is seekable. Read the data into a "
+    "buffer first, e.g. nbckpt.load(io.BytesIO(stream.read())), and load from that."
+)
+
+
+def is_path(f: Any) -> bool:
+    return isinstance(f, (str, os.PathLike))
+
+
+def archive_prefix(f: Any) -> str:
+    """The top folder torch would use for ``f``: the file's stem, or ``archive``.
+
+        >>> archive_prefix("runs/model.tar.pth"), archive_prefix("ünï.pt")
+        ('model.tar', 'archive')
+    """
+    if not is_path(f):
+        return "archive"
+    name = os.path.basename(os.fsdecode(f))
+    stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
+    if not stem or not stem.isascii() or stem.startswith("."):
+        return "archive"
+    return stem
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """A binary file that replaces ``path`` only when the block completes."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {path!r}: the folder {folder!r} does not exist")
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some systems cannot open folders; the rename is still done
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_writable(f: Any) -> Any:
+    """``f.write``, after checking it exists and is callable (as torch does)."""
+    write = getattr(f, "write", None)
+    if write is None:
+        raise AttributeError(
+            f"expected f to be a path (str or os.PathLike) or a file object with a 'write' "
+            f"method, got {type(f).__module__}.{type(f).__qualname__}"
+        )
+    if not callable(write):
+        raise TypeError(f"f.write of {type(f).__qualname__} is not callable")
+    return write
+
+
+@contextlib.contextmanager
+def open_source(f: Any) -> Iterator[tuple[IO[bytes], str | None]]:
+    """``(stream, path)`` for a path or a seekable binary file object."""
+    if is_path(f):
+        path = os.fspath(f)
+        with open(path, "rb") as stream:
+            yield stream, os.fsdecode(path)
+        return
+    if not callable(getattr(f, "read", None)):
+        raise AttributeError(
+            f"expected f to be a path or a binary file object with a 'read' method, got "
+            f"{type(f).__module__}.{type(f).__qualname__}"
+        )
+    for name in ("seek", "tell"):
+        if not callable(getattr(f, name, None)):
+            raise AttributeError(f"{type(f).__qualname__} has no '{name}'. {SEEKABLE_HINT}")
+    try:
+        f.seek(f.tell())
+    except (io.UnsupportedOperation, OSError) as err:
+        raise io.UnsupportedOperation(f"{err}. {SEEKABLE_HINT}") from err
+    yield f, None
