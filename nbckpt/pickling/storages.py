@@ -86,10 +86,17 @@ class _Group:
 
 
 def _owner_of(array: np.ndarray) -> object:
-    """The object that owns ``array``'s memory: the end of its ``.base`` chain."""
-    owner = array
-    while isinstance(owner, np.ndarray) and owner.base is not None:
-        owner = owner.base
+    """The object that owns ``array``'s memory: the end of its ``.base`` chain.
+
+    The chain can pass through objects that only describe memory, such as the
+    wrapper ``np.lib.stride_tricks.as_strided`` puts between an array and its base.
+    """
+    owner: object = array
+    while isinstance(owner, np.ndarray) or hasattr(owner, "__array_interface__"):
+        base = getattr(owner, "base", None)
+        if base is None:
+            break
+        owner = base
     return owner
 
 
