@@ -37,16 +37,20 @@ def is_path(f: Any) -> bool:
 def archive_prefix(f: Any) -> str:
     """The top folder torch would use for ``f``: the file's stem, or ``archive``.
 
-        >>> archive_prefix("runs/model.tar.pth"), archive_prefix("ünï.pt")
-        ('model.tar', 'archive')
+    torch names it after the file minus its last extension, and uses ``archive``
+    for file objects and for paths that are not ASCII.
+
+        >>> archive_prefix("runs/model.tar.pth"), archive_prefix("ünï.pt"), archive_prefix(".hidden.pt")
+        ('model.tar', 'archive', '.hidden')
     """
     if not is_path(f):
         return "archive"
-    name = os.path.basename(os.fsdecode(f))
-    stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
-    if not stem or not stem.isascii() or stem.startswith("."):
+    text = os.fsdecode(f)
+    if not text.isascii():
         return "archive"
-    return stem
+    name = text.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = name[: name.rfind(".")] if "." in name else name
+    return stem or "archive"
 
 
 def _umask() -> int:
@@ -59,7 +63,8 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file that replaces ``path`` only when the block completes."""
-    path = os.fspath(path)
+    # Write through a symlink (a "latest.pt" link keeps pointing at the new data).
+    path = os.path.realpath(os.fspath(path)) if os.path.islink(path) else os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save to {path!r}: the folder {folder!r} does not exist")
