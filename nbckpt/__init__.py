@@ -9,6 +9,7 @@
 """
 
 from .api import load, save
+from .config import LoadEndianness, get_default_load_endianness, set_default_load_endianness
 from .devices import devices
 from .errors import CheckpointError, DeviceError, FormatError, UnpicklingError
 from .format.dtypes import complex32
@@ -24,6 +25,9 @@ __all__ = [
     "save",
     "load",
     "devices",
+    "LoadEndianness",
+    "set_default_load_endianness",
+    "get_default_load_endianness",
     "add_safe_globals",
     "safe_globals",
     "get_safe_globals",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import mmap as mmap_module
 import sys
 import warnings
 from typing import Any
@@ -11,7 +13,8 @@ import numpy as np
 from .devices import DeviceMap
 from .errors import FormatError
 from .format import spec
-from .format.container import ZipReader, ZipWriter
+from .format.checkpoint import open_zip_checkpoint
+from .format.container import ZipWriter
 from .materialize import ZipMaterializer
 from .pickling.rebuild import Rebuilder
 from .pickling.unpickler import FullUnpickler, SafeUnpickler
@@ -20,7 +23,6 @@ from .sources import archive_prefix, atomic_write, check_writable, is_path, open
 
 __all__ = ["save", "load"]
 
-_PICKLE_LIMIT = 1 << 31  # data.pkl larger than 2 GiB is not a checkpoint we can trust
 
 
 def save(obj: Any, f: Any) -> None:
@@ -73,6 +75,7 @@ def load(
     map_location: Any = None,
     *,
     weights_only: bool = True,
+    mmap: bool | str = False,
     skip_data: bool = False,
     encoding: str = "utf-8",
 ) -> Any:
@@ -88,6 +91,12 @@ def load(
     other global raises :class:`nbckpt.UnpicklingError` naming it.
     ``weights_only=False`` runs the file's pickle: only for trusted files.
 
+    ``map_location`` places storages (see :mod:`nbckpt.devices`). ``mmap=True``
+    (or ``"r"``) maps host arrays read-only from the file, ``"c"``
+    copy-on-write (writable; the file never changes); it needs a path.
+    ``skip_data=True`` builds every array with its shape and dtype but reads no
+    storage byte (the values are undefined).
+
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
         >>> nbckpt.save([np.ones(2, np.float16), "text"], buf)
@@ -96,13 +105,27 @@ def load(
         [array([1., 1.], dtype=float16), 'text']
     """
     device_map = DeviceMap.parse(map_location)
+    access = mmap_access(mmap)
+    if access is not None and not is_path(f):
+        raise ValueError(
+            f"mmap needs a path to map the file; got a {type(f).__qualname__}. Pass the file's "
+            f"path, or load without mmap."
+        )
     with open_source(f) as (stream, _path):
         start = stream.tell()
         magic = stream.read(4)
         stream.seek(start)
         if magic == spec.LOCAL_MAGIC:
-            return _load_zip(stream, device_map, weights_only=weights_only, skip_data=skip_data,
-                             encoding=encoding)
+            checkpoint = open_zip_checkpoint(stream)
+            with map_file(stream, access) as mapped:
+                materializer = ZipMaterializer(
+                    checkpoint.reader, device_map, byteorder=checkpoint.byteorder,
+                    skip_data=skip_data, mapped=mapped,
+                )
+                result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,
+                                  encoding=encoding)
+            stream.seek(checkpoint.reader.end)
+            return result
         if not magic:
             raise FormatError("the file is empty (or the stream is at its end): there is no checkpoint to load")
         raise FormatError(
@@ -112,48 +135,43 @@ def load(
         )
 
 
-def _load_zip(stream, device_map: DeviceMap, *, weights_only: bool, skip_data: bool,
-              encoding: str) -> Any:
-    reader = ZipReader(stream)
-    if "constants.pkl" in reader:
-        raise FormatError(
-            "this is a TorchScript archive, not a checkpoint: load it with torch.jit.load "
-            "(weights_only loading cannot be used with TorchScript archives)"
-        )
-    _check_version(reader)
-    byteorder = sys.byteorder
-    if "byteorder" in reader:
-        byteorder = reader.read("byteorder", limit=16).decode("ascii", "replace")
-        if byteorder not in ("little", "big"):
-            raise FormatError(f"byteorder record holds {byteorder!r}, expected 'little' or 'big'",
-                              record="byteorder")
-    data_pkl = reader.read("data.pkl", limit=_PICKLE_LIMIT)
-    materializer = ZipMaterializer(reader, device_map, byteorder=byteorder, skip_data=skip_data)
+def unpickle(data_pkl: bytes, materializer: Any, *, weights_only: bool, encoding: str) -> Any:
+    """Run a checkpoint's pickle over ``materializer``; warn about what moved."""
     rebuilder = Rebuilder(materializer)
     unpickler_cls = SafeUnpickler if weights_only else FullUnpickler
     result = unpickler_cls(data_pkl, rebuilder, encoding=encoding).load()
-    if materializer.moved:
-        moved = ", ".join(f"{saved} -> {target}" for saved, target in materializer.moved.items())
-        warnings.warn(f"map_location='auto' moved storages that cannot be used here: {moved}",
+    moved = getattr(materializer, "moved", None)
+    if moved:
+        listed = ", ".join(f"{saved} -> {target}" for saved, target in moved.items())
+        warnings.warn(f"map_location='auto' moved storages that cannot be used here: {listed}",
                       stacklevel=3)
-    stream.seek(reader.end)
+    raw = getattr(materializer, "raw_dtypes", None)
+    if raw:
+        warnings.warn(
+            f"CuPy has no {', '.join(sorted(raw))}: those arrays hold their raw bits as unsigned "
+            f"integers on the GPU (load them with map_location='cpu' for typed arrays)",
+            stacklevel=3,
+        )
     return result
 
 
-def _check_version(reader: ZipReader) -> None:
-    name = ".data/version" if ".data/version" in reader else "version"
-    if name not in reader:
-        raise FormatError("the archive has no 'version' record: it is not a torch checkpoint",
-                          record="version")
-    raw = reader.read(name, limit=32).strip()
-    try:
-        version = int(raw)
-    except ValueError:
-        raise FormatError(f"version record holds {raw[:32]!r}, expected a number", record=name) from None
-    if not spec.MIN_READ_VERSION <= version <= spec.MAX_READ_VERSION:
-        raise FormatError(
-            f"the archive has format version {version}; nbckpt reads versions "
-            f"{spec.MIN_READ_VERSION} to {spec.MAX_READ_VERSION}",
-            record=name,
-        )
+def mmap_access(mmap: bool | str) -> int | None:
+    """The ``mmap`` module access mode for ``load(mmap=...)``, or None."""
+    if mmap is False or mmap is None:
+        return None
+    if mmap is True or mmap == "r":
+        return mmap_module.ACCESS_READ
+    if mmap == "c":
+        return mmap_module.ACCESS_COPY
+    raise ValueError(f"mmap must be False, True, 'r' (read-only) or 'c' (copy-on-write), got {mmap!r}")
 
+
+@contextlib.contextmanager
+def map_file(stream, access: int | None):
+    """An mmap of the whole file behind ``stream`` (or None when not asked)."""
+    if access is None:
+        yield None
+        return
+    mapped = mmap_module.mmap(stream.fileno(), 0, access=access)
+    yield mapped
+    # Arrays keep the mapping alive through their buffers; it closes when they go.

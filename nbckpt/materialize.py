@@ -1,15 +1,16 @@
 """Turn a zip archive's storage records into arrays on their devices.
 
 :class:`ZipMaterializer` is the materializer the rebuild functions call (see
-:mod:`nbckpt.pickling.rebuild`) during an eager load. Each storage record is
-checked against the size the pickle declares, read once straight into the
-memory the arrays will use (``readinto``, no intermediate ``bytes``), byte-
-swapped if the file's byte order differs, and handed to the backend of its
-target device.
+:mod:`nbckpt.pickling.rebuild`) while loading. Each storage record is checked
+against the size the pickle declares, then either read once straight into the
+memory the arrays will use (``readinto``, no intermediate ``bytes``) or, with
+``mmap``, viewed in place in the mapped file; byte-swapped if the file's byte
+order differs; and handed to the backend of its target device.
 """
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import sys
 from typing import Any
 
@@ -19,37 +20,56 @@ from .backends import HOST, backend_for
 from .devices import DeviceMap, canonical_tag
 from .errors import DeviceError, FormatError
 from .format import dtypes as torch_dtypes
+from .format import spec
 from .format.container import ZipReader
 
-__all__ = ["ZipMaterializer", "byteswap_storage"]
+__all__ = ["ZipMaterializer", "swap_bytes"]
 
 
-def byteswap_storage(host: np.ndarray, itemsize: int, is_complex: bool) -> None:
-    """Swap each element's bytes in place (each half, for complex numbers)."""
-    unit = itemsize // 2 if is_complex else itemsize
-    if unit > 1 and host.size:
-        host.view(f"u{unit}").byteswap(inplace=True)
+def swap_bytes(raw: Any, unit: int) -> None:
+    """Reverse the bytes of each ``unit``-byte element of a flat uint8 array, in place."""
+    if unit <= 1 or raw.size == 0:
+        return
+    if isinstance(raw, np.ndarray):
+        raw.view(f"u{unit}").byteswap(inplace=True)
+    else:  # a CuPy array: the same, written with indexing CuPy supports
+        pairs = raw.reshape(-1, unit)
+        pairs[...] = pairs[:, ::-1].copy()
+
+
+def _swap_unit(dtype: np.dtype) -> int:
+    """Bytes per swapped value: complex numbers swap each half separately."""
+    if dtype.fields is not None:  # complex32: two float16
+        return dtype.fields[next(iter(dtype.fields))][0].itemsize
+    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
 
 
 class ZipMaterializer:
     """Reads storages of a zip checkpoint and places them per ``map_location``.
 
     ``skip_data`` allocates storages without reading them (their content is
-    undefined). ``moved`` lists ``(saved, target)`` tags that ``"auto"`` changed.
+    undefined). ``mapped`` is an ``mmap`` of the whole file: storages are then
+    views of it, read-only or copy-on-write as it was opened. ``moved`` maps saved
+    tags to the tags ``"auto"`` sent them to instead; ``raw_dtypes`` names the
+    dtypes that had to stay raw bits on a GPU.
     """
 
     def __init__(self, reader: ZipReader, device_map: DeviceMap, *, byteorder: str = sys.byteorder,
-                 skip_data: bool = False) -> None:
+                 skip_data: bool = False, mapped: mmap_module.mmap | None = None) -> None:
         self._reader = reader
         self._device_map = device_map
         self._swap = byteorder != sys.byteorder
         self._skip_data = skip_data
+        self._mapped = mapped
         self._backends: dict[int, Any] = {}
+        self._pending_swap: dict[int, Any] = {}
         self.moved: dict[str, str] = {}
+        self.raw_dtypes: set[str] = set()
 
     # -- the materializer interface ---------------------------------------------------
 
-    def storage(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str) -> Any:
+    def storage(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
+                untyped: bool = False) -> Any:
         name = f"data/{key}"
         nbytes = numel * dtype.itemsize
         entry = self._reader.entry(name)
@@ -60,15 +80,27 @@ class ZipMaterializer:
                 record=name,
             )
         if self._device_map.mode == "callable":
-            return self._storage_by_function(name, dtype, nbytes, location)
-        backend = self._backend(location)
-        host = self._read(name, nbytes, dtype, backend)
-        storage = backend.from_host(host)
+            backend, storage = self._storage_by_function(name, dtype, nbytes, location)
+        else:
+            backend = self._backend(location)
+            host = self._host_bytes(name, nbytes, backend)
+            if self._swap and dtype.itemsize > 1 and not self._skip_data:
+                swap_bytes(host, _swap_unit(dtype.numpy))
+            storage = backend.from_host(host.view(dtype.numpy))
+        if backend is not HOST and dtype.numpy.kind not in "biufc":
+            self.raw_dtypes.add(dtype.name)
         self._backends[id(storage)] = backend
+        if self._swap and untyped:
+            # Element size of an UntypedStorage is known only at its first view.
+            self._pending_swap[id(storage)] = storage
         return storage
 
     def view(self, storage: Any, dtype: np.dtype, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...]) -> Any:
+        if self._pending_swap and id(storage) in self._pending_swap:
+            del self._pending_swap[id(storage)]
+            if not self._skip_data:
+                swap_bytes(_flat_bytes(storage), _swap_unit(dtype))
         return self._backends[id(storage)].view(storage, dtype, offset, shape, strides)
 
     def empty(self, storage: Any, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
@@ -76,47 +108,54 @@ class ZipMaterializer:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _read(self, name: str, nbytes: int, dtype: torch_dtypes.TorchDtype, backend: Any) -> np.ndarray:
+    def _host_bytes(self, name: str, nbytes: int, backend: Any) -> np.ndarray:
+        """The record's bytes in host memory: mapped, or read into a fresh buffer."""
+        entry = self._reader.entry(name)
+        if self._mapped is not None and entry.method == spec.METHOD_STORED and not self._swap:
+            offset = self._reader.data_offset(name)
+            return np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
         make = getattr(backend, "host_buffer", None)
         host = make(nbytes) if make is not None else np.empty(nbytes, dtype=np.uint8)
         if not self._skip_data:
             self._reader.readinto(name, host)
-            if self._swap:
-                byteswap_storage(host, dtype.itemsize, dtype.numpy.kind == "c" or dtype.name == "complex32")
-        return host.view(dtype.numpy)
+        return host
 
     def _backend(self, location: str) -> Any:
-        saved = location
         if self._device_map.mode == "auto":
-            target = canonical_tag(saved)
             try:
-                return backend_for(target, saved_as=saved)
+                return backend_for(canonical_tag(location), saved_as=location)
             except DeviceError:
-                self.moved[saved] = "cpu"
+                self.moved[location] = "cpu"
                 return HOST
-        target = self._device_map.target(saved)
-        return backend_for(canonical_tag(target), saved_as=saved)
+        target = self._device_map.target(location)
+        return backend_for(canonical_tag(target), saved_as=location)
 
     def _storage_by_function(self, name: str, dtype: torch_dtypes.TorchDtype, nbytes: int,
-                             location: str) -> Any:
-        host = self._read(name, nbytes, dtype, HOST)
-        result = self._device_map.function(host, location)  # type: ignore[misc]
+                             location: str) -> tuple[Any, Any]:
+        host = self._host_bytes(name, nbytes, HOST)
+        if self._swap and dtype.itemsize > 1 and not self._skip_data:
+            swap_bytes(host, _swap_unit(dtype.numpy))
+        typed = host.view(dtype.numpy)
+        result = self._device_map.function(typed, location)  # type: ignore[misc]
         if result is None:
             backend = self._backend(location)
-            storage = backend.from_host(host)
-        else:
-            backend = HOST if isinstance(result, np.ndarray) else backend_for_array(result)
-            if getattr(result, "nbytes", None) != nbytes or getattr(result, "ndim", None) != 1:
-                raise DeviceError(
-                    f"map_location function returned {type(result).__name__} for {name}; it must "
-                    f"return a 1-D array of {nbytes} bytes (or None for the default)"
-                )
-            storage = result
-        self._backends[id(storage)] = backend
-        return storage
+            return backend, backend.from_host(typed)
+        backend = HOST if isinstance(result, np.ndarray) else _backend_of_array(result)
+        if (getattr(result, "nbytes", None) != nbytes or getattr(result, "ndim", None) != 1
+                or not result.flags.c_contiguous):
+            raise DeviceError(
+                f"map_location function returned {type(result).__name__} for {name}; it must "
+                f"return a contiguous 1-D array of {nbytes} bytes (or None for the default)"
+            )
+        return backend, result
 
 
-def backend_for_array(array: Any) -> Any:
+def _flat_bytes(storage: Any) -> Any:
+    """A flat uint8 view of a storage array (host or device)."""
+    return storage.view(np.uint8) if storage.dtype != np.uint8 else storage
+
+
+def _backend_of_array(array: Any) -> Any:
     """The backend that owns an array returned by a map_location function."""
     if type(array).__module__.startswith("cupy"):
         return backend_for(f"cuda:{array.device.id}")

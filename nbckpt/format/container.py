@@ -296,8 +296,12 @@ class ZipReader:
                 f"zip archive too short: {file_end - self.start} bytes from the start position",
                 record="end of central directory",
             )
-        # Usually the archive ends the stream: look in its tail (an EOCD may
-        # carry a comment of up to 64 KiB).
+        # Usually the archive ends the stream with a comment-less end record
+        # (torch writes none): try exactly there first, reading 22 bytes.
+        found = self._validate_eocd(file_end - spec.EOCD.size, file_end)
+        if found:
+            return found
+        # An end record may carry a comment of up to 64 KiB: look in the tail.
         tail_start = max(self.start, file_end - (0xFFFF + spec.EOCD.size))
         tail = self._seek_read(tail_start, file_end - tail_start, "end of central directory")
         pos = tail.rfind(spec.EOCD_MAGIC)
@@ -345,6 +349,8 @@ class ZipReader:
         if eocd_pos + spec.EOCD.size > file_end:
             return None
         raw = self._seek_read(eocd_pos, spec.EOCD.size, "end of central directory")
+        if raw[:4] != spec.EOCD_MAGIC:
+            return None
         _, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len = spec.EOCD.unpack(raw)
         end = eocd_pos + spec.EOCD.size + comment_len
         if end > file_end or disk != 0 or cd_disk != 0 or n_disk != n_total:

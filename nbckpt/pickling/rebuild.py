@@ -9,7 +9,7 @@ Storages and array views are made by a *materializer*, so the same rebuild code
 serves eager loads (bytes read into host or GPU memory), memory maps, and lazy
 archives that only describe arrays. The materializer interface::
 
-    storage(key, dtype, numel, location) -> storage object
+    storage(key, dtype, numel, location, untyped) -> storage object
     view(storage, dtype, byte_offset, shape, byte_strides) -> array
     empty(storage, dtype, shape) -> array of size 0
 
@@ -246,7 +246,8 @@ class Rebuilder:
                     record=f"data/{key}",
                 )
             return storage
-        storage = self._materializer.storage(key, dtype, numel, location)
+        untyped = storage_class.name in ("UntypedStorage", "TypedStorage")
+        storage = self._materializer.storage(key, dtype, numel, location, untyped)
         self._storages[key] = (storage, dtype, numel)
         self._storage_info[id(storage)] = (storage, dtype, numel * dtype.itemsize, key)
         return storage
