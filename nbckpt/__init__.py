@@ -9,6 +9,7 @@
 """
 
 from .api import load, save
+from .archive import Archive, ArchiveInfo, Record, open
 from .config import LoadEndianness, get_default_load_endianness, set_default_load_endianness
 from .devices import devices
 from .errors import CheckpointError, DeviceError, FormatError, UnpicklingError
@@ -24,6 +25,10 @@ from .pickling.allowlist import (
 __all__ = [
     "save",
     "load",
+    "open",
+    "Archive",
+    "ArchiveInfo",
+    "Record",
     "devices",
     "LoadEndianness",
     "set_default_load_endianness",

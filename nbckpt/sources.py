@@ -22,7 +22,7 @@ import os
 import tempfile
 from typing import IO, Any, Iterator
 
-__all__ = ["is_path", "archive_prefix", "atomic_write", "open_source", "check_writable"]
+__all__ = ["is_path", "archive_prefix", "atomic_write", "open_source", "check_writable", "check_seekable"]
 
 SEEKABLE_HINT = (
     "nbckpt can only load from a file object that is seekable. Read the data into a "
@@ -126,6 +126,12 @@ def open_source(f: Any) -> Iterator[tuple[IO[bytes], str | None]]:
             f"expected f to be a path or a binary file object with a 'read' method, got "
             f"{type(f).__module__}.{type(f).__qualname__}"
         )
+    check_seekable(f)
+    yield f, None
+
+
+def check_seekable(f: Any) -> None:
+    """Raise, with advice, when ``f`` cannot seek (a pipe, a socket, a stream)."""
     for name in ("seek", "tell"):
         if not callable(getattr(f, name, None)):
             raise AttributeError(f"{type(f).__qualname__} has no '{name}'. {SEEKABLE_HINT}")
@@ -133,4 +139,3 @@ def open_source(f: Any) -> Iterator[tuple[IO[bytes], str | None]]:
         f.seek(f.tell())
     except (io.UnsupportedOperation, OSError) as err:
         raise io.UnsupportedOperation(f"{err}. {SEEKABLE_HINT}") from err
-    yield f, None

@@ -1,0 +1,382 @@
+"""Lazy, random-access view of a checkpoint: list its arrays, load any one.
+
+Opening reads the zip directory and ``data.pkl`` only — never a storage byte —
+so opening and listing a 10 GB checkpoint costs as much as a 10 kB one. Each
+array is read when asked for, and only its storage is read.
+
+    >>> import io, numpy as np, nbckpt
+    >>> buf = io.BytesIO()
+    >>> nbckpt.save({"layer": {"weight": np.eye(3, dtype=np.float32)}, "step": 7}, buf)
+    >>> _ = buf.seek(0)
+    >>> with nbckpt.open(buf) as archive:
+    ...     print([(r.name, r.shape, str(r.dtype)) for r in archive.records])
+    ...     print(archive["layer.weight"][0], archive.values["step"])
+    [('layer.weight', (3, 3), 'float32')]
+    [1. 0. 0.] 7
+"""
+
+from __future__ import annotations
+
+import builtins
+import mmap as mmap_module
+import os
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import api
+from .devices import DeviceMap
+from .errors import FormatError
+from .format import dtypes as torch_dtypes
+from .format.checkpoint import ZipCheckpoint, open_zip_checkpoint
+from .materialize import ZipMaterializer
+from .pickling import scan
+from .pickling.rebuild import Rebuilder
+from .pickling.unpickler import FullUnpickler, SafeUnpickler
+from .sources import check_seekable, is_path
+from .summary import records_html
+
+__all__ = ["Archive", "Record", "ArchiveInfo", "open"]
+
+_MAX_DEPTH = 200  # deeper structures are listed down to this depth
+
+
+@dataclass(frozen=True)
+class Record:
+    """One array of an archive, described without reading it.
+
+    ``offset`` and ``strides`` count elements of ``dtype`` within ``storage``
+    (the ``data/<key>`` record); ``shares`` names the other records whose
+    arrays view the same storage.
+    """
+
+    name: str
+    path: tuple
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    location: str
+    nbytes: int
+    storage: str
+    offset: int
+    strides: tuple[int, ...]
+    shares: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """What a checkpoint holds, read from its directory and pickle."""
+
+    source: str
+    format: str
+    prefix: str
+    version: int
+    byteorder: str
+    byteorder_recorded: bool
+    records: int
+    storages: int
+    array_bytes: int
+    file_bytes: int
+    pickle_bytes: int
+    globals: tuple[scan.GlobalRef, ...] = field(default=())
+
+    @property
+    def refused_globals(self) -> list[str]:
+        """Globals a ``weights_only`` load would refuse."""
+        return [g.name for g in self.globals if not g.allowed]
+
+
+class _StorageRef:
+    """A storage the pickle refers to; nothing of it has been read."""
+
+    __slots__ = ("key", "dtype", "numel", "location", "untyped")
+
+    def __init__(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
+                 untyped: bool) -> None:
+        self.key, self.dtype, self.numel, self.location, self.untyped = key, dtype, numel, location, untyped
+
+
+class _ArrayRef:
+    """An array the pickle builds: a checked view of a storage, plus value transforms."""
+
+    __slots__ = ("storage", "dtype", "offset", "shape", "strides", "transforms")
+
+    def __init__(self, storage: _StorageRef, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+                 strides: tuple[int, ...] | None, transforms: tuple[str, ...] = ()) -> None:
+        self.storage, self.dtype, self.offset = storage, dtype, offset
+        self.shape, self.strides, self.transforms = shape, strides, transforms
+
+    # torch stores conj()/neg views unmaterialized; the rebuild asks for these.
+    def conj(self) -> "_ArrayRef":
+        return _ArrayRef(self.storage, self.dtype, self.offset, self.shape, self.strides, self.transforms + ("conj",))
+
+    def __neg__(self) -> "_ArrayRef":
+        return _ArrayRef(self.storage, self.dtype, self.offset, self.shape, self.strides, self.transforms + ("neg",))
+
+
+class _RecordingMaterializer:
+    """Describes storages and views instead of reading them (see rebuild.py)."""
+
+    def __init__(self, checkpoint: ZipCheckpoint) -> None:
+        self._reader = checkpoint.reader
+
+    def storage(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
+                untyped: bool = False) -> _StorageRef:
+        name = f"data/{key}"
+        entry = self._reader.entry(name)
+        if entry.size != numel * dtype.itemsize:
+            raise FormatError(
+                f"record {name} holds {entry.size} bytes but the pickle declares {numel} "
+                f"x {dtype.name} = {numel * dtype.itemsize} bytes",
+                record=name,
+            )
+        return _StorageRef(key, dtype, numel, location, untyped)
+
+    def view(self, storage: _StorageRef, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+             strides: tuple[int, ...]) -> _ArrayRef:
+        return _ArrayRef(storage, dtype, offset, shape, strides)
+
+    def empty(self, storage: _StorageRef, dtype: np.dtype, shape: tuple[int, ...]) -> _ArrayRef:
+        return _ArrayRef(storage, dtype, 0, shape, None)
+
+
+def open(f: Any, *, map_location: Any = None, weights_only: bool = True,
+         mmap: bool | str = False) -> "Archive":
+    """Open a checkpoint lazily: see :class:`Archive`. Use it as a context manager.
+
+        >>> import io, numpy as np, nbckpt
+        >>> buf = io.BytesIO()
+        >>> nbckpt.save({"a": np.arange(3)}, buf)
+        >>> _ = buf.seek(0)
+        >>> with nbckpt.open(buf) as archive:
+        ...     len(archive), archive.info.format
+        (1, 'zip')
+    """
+    return Archive(f, map_location=map_location, weights_only=weights_only, mmap=mmap)
+
+
+class Archive:
+    """A checkpoint opened for browsing: ``records``, ``archive[name]``, ``load()``.
+
+    ``f`` is a path (kept open until :meth:`close`) or a seekable binary file
+    object (used in place; do not use it elsewhere while the archive is open).
+    ``map_location``, ``weights_only`` and ``mmap`` act as in :func:`nbckpt.load`
+    on every array read from the archive.
+    """
+
+    def __init__(self, f: Any, *, map_location: Any = None, weights_only: bool = True,
+                 mmap: bool | str = False) -> None:
+        self._device_map = DeviceMap.parse(map_location)
+        self._weights_only = weights_only
+        self._access = api.mmap_access(mmap)
+        if self._access is not None and not is_path(f):
+            raise ValueError("mmap needs a path to map the file; pass the file's path")
+        self.source = os.fsdecode(f) if is_path(f) else f"<{type(f).__qualname__}>"
+        self._owns_stream = is_path(f)
+        self._stream = builtins.open(f, "rb") if is_path(f) else f
+        try:
+            if not self._owns_stream:
+                check_seekable(self._stream)
+            self._checkpoint = open_zip_checkpoint(self._stream)
+            unpickler = SafeUnpickler if weights_only else FullUnpickler
+            recorder = Rebuilder(_RecordingMaterializer(self._checkpoint))
+            tree = unpickler(self._checkpoint.data_pkl, recorder).load()
+        except BaseException:
+            self.close()
+            raise
+        records, refs, self.values = _index(tree)
+        #: One Record per array, in the order the structure holds them.
+        self.records: list[Record] = records
+        self._refs = {record.path: ref for record, ref in zip(records, refs)}
+        self._by_name: dict[str, Record] = {}
+        for record in records:
+            self._by_name.setdefault(record.name, record)
+        self._storages: weakref.WeakValueDictionary | dict = weakref.WeakValueDictionary()
+        self._materializer: ZipMaterializer | None = None
+
+    # -- context manager --------------------------------------------------------------------
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file if the archive opened it (arrays already loaded stay valid)."""
+        if self._owns_stream and not self._stream.closed:
+            self._stream.close()
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def record(self, name: str | tuple) -> Record:
+        """The record of ``name`` (dotted) or of a path tuple; KeyError if absent."""
+        if isinstance(name, tuple):
+            for record in self.records:
+                if record.path == name:
+                    return record
+        elif name in self._by_name:
+            return self._by_name[name]
+        close = [r.name for r in self.records if str(name) in r.name][:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise KeyError(f"no array named {name!r} in {self.source}{hint}")
+
+    @property
+    def info(self) -> ArchiveInfo:
+        """Format, byte order, counts and sizes, and the globals the pickle names."""
+        checkpoint = self._checkpoint
+        reader = checkpoint.reader
+        keys = checkpoint.storage_keys
+        return ArchiveInfo(
+            source=self.source,
+            format="zip",
+            prefix=reader.prefix,
+            version=checkpoint.version,
+            byteorder=checkpoint.byteorder,
+            byteorder_recorded=checkpoint.byteorder_recorded,
+            records=len(self.records),
+            storages=len(keys),
+            array_bytes=sum(reader.entry(f"data/{k}").size for k in keys),
+            file_bytes=reader.end - reader.start,
+            pickle_bytes=len(checkpoint.data_pkl),
+            globals=tuple(scan.scan_pickle(checkpoint.data_pkl)),
+        )
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def __getitem__(self, name: str | tuple) -> Any:
+        """Load one array (reading only its storage) onto its ``map_location`` device."""
+        record = self.record(name)
+        return self._materialize(self._refs[record.path])
+
+    def load(self) -> Any:
+        """Load the whole object, exactly as :func:`nbckpt.load` would."""
+        with api.map_file(self._stream, self._access) as mapped:
+            materializer = ZipMaterializer(
+                self._checkpoint.reader, self._device_map, byteorder=self._checkpoint.byteorder,
+                mapped=mapped,
+            )
+            return api.unpickle(self._checkpoint.data_pkl, materializer, weights_only=self._weights_only,
+                                encoding="utf-8")
+
+    def _materialize(self, ref: _ArrayRef) -> Any:
+        if self._materializer is None:
+            mapped = None
+            if self._access is not None:
+                mapped = mmap_module.mmap(self._stream.fileno(), 0, access=self._access)
+            self._materializer = ZipMaterializer(
+                self._checkpoint.reader, self._device_map, byteorder=self._checkpoint.byteorder,
+                mapped=mapped,
+            )
+        sref = ref.storage
+        storage = self._storages.get(sref.key)
+        if storage is None:
+            storage = self._materializer.storage(sref.key, sref.dtype, sref.numel, sref.location, sref.untyped)
+            try:
+                self._storages[sref.key] = storage
+            except TypeError:  # an array type without weak references: keep it
+                self._storages = dict(self._storages)
+                self._storages[sref.key] = storage
+        if ref.strides is None:
+            array = self._materializer.empty(storage, ref.dtype, ref.shape)
+        else:
+            array = self._materializer.view(storage, ref.dtype, ref.offset, ref.shape, ref.strides)
+        for transform in ref.transforms:
+            array = array.conj() if transform == "conj" else -array
+        return array
+
+    # -- display -------------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"<nbckpt.Archive {self.source}: {len(self.records)} arrays>"
+
+    def _repr_html_(self) -> str:
+        return records_html(self)
+
+
+def _format_key(key: Any) -> str:
+    return key if isinstance(key, str) else repr(key) if not isinstance(key, int) else str(key)
+
+
+def _holders_of_arrays(tree: Any) -> set[int]:
+    """ids of the containers in ``tree`` that hold an array at some depth."""
+    holders: set[int] = set()
+    visited: set[int] = set()
+    # Iterative post-order walk: a container holds arrays if any child does.
+    stack: list[tuple[Any, int, bool]] = [(tree, 0, False)]
+    while stack:
+        obj, depth, expanded = stack.pop()
+        if not isinstance(obj, (dict, list, tuple)):
+            continue
+        children = list(obj.values()) if isinstance(obj, dict) else list(obj)
+        if expanded:
+            if any(isinstance(c, _ArrayRef) or id(c) in holders for c in children):
+                holders.add(id(obj))
+            continue
+        if id(obj) in visited or depth >= _MAX_DEPTH:
+            continue
+        visited.add(id(obj))
+        stack.append((obj, depth, True))
+        stack.extend((c, depth + 1, False) for c in children)
+    return holders
+
+
+def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
+    """Walk the loaded structure: one Record per array, and the other leaf values."""
+    found: list[tuple[tuple, _ArrayRef]] = []
+    values: dict[str, Any] = {}
+    stack: list[tuple[tuple, Any, int]] = [((), tree, 0)]
+    seen: set[int] = set()
+    holds_arrays = _holders_of_arrays(tree)
+    while stack:
+        path, obj, depth = stack.pop()
+        if isinstance(obj, _ArrayRef):
+            found.append((path, obj))
+            continue
+        # Containers without arrays (hyper-parameters, betas...) are one value each.
+        if isinstance(obj, (dict, list, tuple)) and id(obj) in holds_arrays:
+            if id(obj) in seen or depth >= _MAX_DEPTH:
+                continue
+            seen.add(id(obj))
+            items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+            children = [(path + (k,), v, depth + 1) for k, v in items]
+            stack.extend(reversed(children))
+            continue
+        values[".".join(_format_key(k) for k in path)] = obj
+    by_storage: dict[str, list[str]] = {}
+    names = []
+    for path, ref in found:
+        name = ".".join(_format_key(k) for k in path)
+        names.append(name)
+        by_storage.setdefault(ref.storage.key, []).append(name)
+    records = []
+    for (path, ref), name in zip(found, names):
+        itemsize = ref.dtype.itemsize
+        size = int(np.prod(ref.shape, dtype=np.int64)) if ref.shape else 1
+        records.append(Record(
+            name=name,
+            path=path,
+            shape=ref.shape,
+            dtype=ref.dtype,
+            location=ref.storage.location,
+            nbytes=size * itemsize,
+            storage=ref.storage.key,
+            offset=ref.offset // itemsize if itemsize else 0,
+            strides=tuple(s // itemsize for s in ref.strides) if ref.strides is not None else (),
+            shares=tuple(n for n in by_storage[ref.storage.key] if n != name),
+        ))
+    return records, [ref for _, ref in found], values
