@@ -8,8 +8,6 @@ import sys
 import warnings
 from typing import Any
 
-import numpy as np
-
 from .devices import DeviceMap
 from .errors import FormatError
 from .format import spec
@@ -65,8 +63,8 @@ def _write_zip(write, prefix: str, data_pkl: bytes, storages) -> None:
     writer.write_record(".storage_alignment", b"%d" % spec.ALIGNMENT)
     writer.write_record("byteorder", sys.byteorder.encode("ascii"))
     for storage in storages:
-        data = storage.data
-        writer.write_record(f"data/{storage.key}", data.view(np.uint8) if data.size else b"")
+        # Device storages are copied to the host here, one at a time.
+        writer.write_record(f"data/{storage.key}", storage.host_bytes())
     writer.close()
 
 

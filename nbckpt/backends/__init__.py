@@ -12,7 +12,7 @@ import functools
 from ..errors import DeviceError
 from .numpy import NumpyBackend
 
-__all__ = ["NumpyBackend", "backend_for", "gpu_count", "HOST"]
+__all__ = ["NumpyBackend", "backend_for", "backend_of", "gpu_count", "is_cupy_array", "HOST"]
 
 HOST = NumpyBackend()
 
@@ -49,3 +49,17 @@ def backend_for(tag: str, *, saved_as: str | None = None):
     raise DeviceError(
         f"nbckpt cannot place arrays on {tag!r}; pass map_location='cpu'", location=tag
     )
+
+
+def is_cupy_array(obj: object) -> bool:
+    """True for a ``cupy.ndarray`` (recognised by its type, without importing CuPy)."""
+    return type(obj).__module__.startswith("cupy") and hasattr(obj, "__cuda_array_interface__")
+
+
+def backend_of(array: object):
+    """The backend whose memory holds ``array`` (NumPy or CuPy)."""
+    if is_cupy_array(array):
+        from .cupy import cupy_backend
+
+        return cupy_backend(f"cuda:{array.device.id}")  # type: ignore[attr-defined]
+    return HOST

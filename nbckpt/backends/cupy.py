@@ -89,6 +89,30 @@ class CupyBackend:
     def owns(self, array: object) -> bool:
         return type(array).__module__.startswith("cupy")
 
+    # -- what saving needs ---------------------------------------------------------------
+
+    def location(self, array) -> str:
+        return f"cuda:{array.device.id}"
+
+    def memory(self, array) -> tuple[object, int]:
+        """The device allocation behind ``array`` and the address of its first element."""
+        return array.data.mem, array.data.ptr
+
+    def span(self, owner, address: int, nbytes: int):
+        cupy = self._cupy
+        with cupy.cuda.Device(self.index):
+            pointer = cupy.cuda.MemoryPointer(owner, address - owner.ptr)
+            return cupy.ndarray((nbytes,), dtype=np.uint8, memptr=pointer)
+
+    def contiguous(self, array, dtype: np.dtype):
+        with self._cupy.cuda.Device(self.index):
+            return self._cupy.ascontiguousarray(array, dtype=dtype).reshape(-1)
+
+    def to_host(self, array) -> np.ndarray:
+        """Copy a device storage to host memory once, for writing."""
+        with self._cupy.cuda.Device(self.index):
+            return array.get()
+
 
 def _cupy_supports(dtype: np.dtype) -> bool:
     return dtype.kind in "biufc" and dtype.fields is None

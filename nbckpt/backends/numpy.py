@@ -39,3 +39,44 @@ class NumpyBackend:
 
     def owns(self, array: object) -> bool:
         return isinstance(array, np.ndarray)
+
+    # -- what saving needs ---------------------------------------------------------------
+
+    def location(self, array: np.ndarray) -> str:
+        return "cpu"
+
+    def memory(self, array: np.ndarray) -> tuple[object, int]:
+        """The object owning ``array``'s memory (end of its ``.base`` chain), and its address.
+
+        The chain can pass through objects that only describe memory, such as the
+        wrapper ``np.lib.stride_tricks.as_strided`` puts between an array and its base.
+        """
+        owner: object = array
+        while isinstance(owner, np.ndarray) or hasattr(owner, "__array_interface__"):
+            base = getattr(owner, "base", None)
+            if base is None:
+                break
+            owner = base
+        return owner, array.__array_interface__["data"][0]
+
+    def span(self, owner: object, address: int, nbytes: int) -> np.ndarray:
+        """A flat uint8 view of ``nbytes`` of ``owner``'s memory from ``address``.
+
+        Raises TypeError/ValueError/BufferError when the owner exports no buffer.
+        """
+        if isinstance(owner, np.ndarray):
+            flat = owner.reshape(-1, order="A" if owner.flags.f_contiguous else "C")
+            raw = flat.view(np.uint8)
+        else:
+            raw = np.frombuffer(owner, dtype=np.uint8)
+        start = address - raw.__array_interface__["data"][0]
+        if start < 0 or start + nbytes > raw.size:
+            raise ValueError("the span lies outside the owner's memory")
+        return raw[start : start + nbytes]
+
+    def contiguous(self, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """A C-contiguous 1-D copy (or the array itself when it already is one)."""
+        return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+
+    def to_host(self, array: np.ndarray) -> np.ndarray:
+        return array

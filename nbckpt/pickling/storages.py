@@ -30,9 +30,11 @@ own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from ..backends import HOST, backend_of
 from ..format import dtypes as torch_dtypes
 
 __all__ = ["StoragePlanner", "PlannedStorage", "PlannedView", "DTYPE_CONFLICT_MESSAGE"]
@@ -48,9 +50,14 @@ class PlannedStorage:
 
     dtype: torch_dtypes.TorchDtype
     location: str
-    data: object = None  # 1-D C-contiguous array over exactly the bytes to write
+    data: Any = None  # 1-D C-contiguous array (host or device) over exactly the bytes to write
     numel: int = 0
     key: str | None = None  # assigned in the order the pickle first mentions it
+    backend: Any = None  # holds ``data``; ``backend.to_host(data)`` gives the bytes to write
+
+    def host_bytes(self) -> np.ndarray:
+        """The storage's bytes in host memory (one copy for device storages)."""
+        return self.backend.to_host(self.data).reshape(-1).view(np.uint8)
 
     @property
     def nbytes(self) -> int:
@@ -69,7 +76,7 @@ class PlannedView:
 
 @dataclass(eq=False)
 class _Member:
-    array: np.ndarray
+    array: Any
     lo: int  # address of the lowest byte the array covers
     hi: int  # one past the highest
     view: PlannedView | None = None
@@ -82,32 +89,8 @@ class _Group:
     owner: object
     dtype: torch_dtypes.TorchDtype
     location: str
+    backend: Any
     members: list[_Member] = field(default_factory=list)
-
-
-def _owner_of(array: np.ndarray) -> object:
-    """The object that owns ``array``'s memory: the end of its ``.base`` chain.
-
-    The chain can pass through objects that only describe memory, such as the
-    wrapper ``np.lib.stride_tricks.as_strided`` puts between an array and its base.
-    """
-    owner: object = array
-    while isinstance(owner, np.ndarray) or hasattr(owner, "__array_interface__"):
-        base = getattr(owner, "base", None)
-        if base is None:
-            break
-        owner = base
-    return owner
-
-
-def _owner_bytes(owner: object) -> tuple[np.ndarray, int]:
-    """A flat uint8 view of everything ``owner`` holds, and its address."""
-    if isinstance(owner, np.ndarray):
-        flat = owner.reshape(-1, order="A" if owner.flags.f_contiguous else "C")
-        raw = flat.view(np.uint8)
-    else:
-        raw = np.frombuffer(owner, dtype=np.uint8)
-    return raw, raw.__array_interface__["data"][0]
 
 
 class StoragePlanner:
@@ -115,6 +98,8 @@ class StoragePlanner:
 
     ``add`` returns a :class:`PlannedView` at once; its storage, offset and
     strides are final only after ``finish()``, which must run before pickling.
+    Host (NumPy) and device (CuPy) arrays are planned alike: the backend of each
+    array says who owns its memory and how to view a span of it.
     """
 
     def __init__(self) -> None:
@@ -124,7 +109,7 @@ class StoragePlanner:
         self._storages: list[PlannedStorage] = []
         self._finished = False
 
-    def add(self, array: np.ndarray, location: str = "cpu") -> PlannedView:
+    def add(self, array: Any) -> PlannedView:
         """Plan ``array`` (once per object); the same object returns the same view."""
         planned = self._views.get(id(array))
         if planned is not None:
@@ -133,43 +118,42 @@ class StoragePlanner:
         tdtype = torch_dtypes.for_numpy(array.dtype)
         if tdtype is None:
             raise TypeError(f"dtype {array.dtype} has no torch equivalent")
+        backend = backend_of(array)
+        location = backend.location(array)
         itemsize = array.dtype.itemsize
         strides = array.strides
         if array.size == 0:
-            storage = self._new_storage(tdtype, location)
-            storage.data = np.empty(0, dtype=tdtype.numpy)
+            storage = self._new_storage(tdtype, location, backend)
+            storage.data = np.empty(0, dtype=np.uint8)
+            storage.backend = HOST
             planned = PlannedView(storage, 0, array.shape, _contiguous_strides(array.shape))
-        elif (
-            not array.dtype.isnative
-            or any(s < 0 or s % itemsize for s in strides)
-        ):
-            planned = self._copy(array, tdtype, location)
+        elif not array.dtype.isnative or any(s < 0 or s % itemsize for s in strides):
+            planned = self._copy(array, tdtype, location, backend)
         else:
-            owner = _owner_of(array)
-            lo = array.__array_interface__["data"][0]
+            owner, lo = backend.memory(array)
             hi = lo + sum((n - 1) * s for n, s in zip(array.shape, strides)) + itemsize
             gkey = (id(owner), tdtype.name, lo % itemsize, location)
             group = self._groups.get(gkey)
             if group is None:
-                group = self._groups[gkey] = _Group(owner, tdtype, location)
+                group = self._groups[gkey] = _Group(owner, tdtype, location, backend)
                 self._keep_alive.append(owner)
             member = _Member(array, lo, hi)
             group.members.append(member)
-            # Filled in by finish(); the storage object is created there.
+            # The storage is created and the offset set by finish().
             planned = PlannedView(None, 0, array.shape, tuple(s // itemsize for s in strides))  # type: ignore[arg-type]
             member.view = planned
         self._views[id(array)] = planned
         return planned
 
-    def _new_storage(self, dtype: torch_dtypes.TorchDtype, location: str) -> PlannedStorage:
-        storage = PlannedStorage(dtype, location)
+    def _new_storage(self, dtype: torch_dtypes.TorchDtype, location: str, backend: Any) -> PlannedStorage:
+        storage = PlannedStorage(dtype, location, backend=backend)
         self._storages.append(storage)
         return storage
 
-    def _copy(self, array: np.ndarray, dtype: torch_dtypes.TorchDtype, location: str) -> PlannedView:
+    def _copy(self, array: Any, dtype: torch_dtypes.TorchDtype, location: str, backend: Any) -> PlannedView:
         native = array.dtype if array.dtype.isnative else array.dtype.newbyteorder("=")
-        data = np.ascontiguousarray(array, dtype=native).reshape(-1)
-        storage = self._new_storage(dtype, location)
+        data = backend.contiguous(array, native)
+        storage = self._new_storage(dtype, location, backend)
         storage.data, storage.numel = data, data.size
         return PlannedView(storage, 0, array.shape, _contiguous_strides(array.shape))
 
@@ -191,25 +175,21 @@ class StoragePlanner:
         itemsize = group.dtype.itemsize
         lo = min(m.lo for m in group.members)
         hi = max(m.hi for m in group.members)
-        numel = (hi - lo) // itemsize
         first = group.members[0]
         if len(group.members) == 1 and first.array.flags.c_contiguous:
             data = first.array.reshape(-1)
         else:
             try:
-                raw, address = _owner_bytes(group.owner)
-                data = raw[lo - address : hi - address].view(group.dtype.numpy)
+                data = group.backend.span(group.owner, lo, hi - lo)
             except (TypeError, ValueError, BufferError):
-                data = None
-            if data is None or data.size != numel:
                 # The owner does not expose its memory: each array is copied.
                 for member in group.members:
-                    copied = self._copy(member.array, group.dtype, group.location)
+                    copied = self._copy(member.array, group.dtype, group.location, group.backend)
                     member.view.storage, member.view.offset = copied.storage, 0
                     member.view.strides = copied.strides
                 return
-        storage = self._new_storage(group.dtype, group.location)
-        storage.data, storage.numel = data, numel
+        storage = self._new_storage(group.dtype, group.location, group.backend)
+        storage.data, storage.numel = data, (hi - lo) // itemsize
         for member in group.members:
             member.view.storage = storage
             member.view.offset = (member.lo - lo) // itemsize

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backends import is_cupy_array
 from ..format import dtypes as torch_dtypes
 from .storages import PlannedStorage, PlannedView, StoragePlanner
 
@@ -76,9 +77,8 @@ class SavePlan:
     scalars: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, obj, *, array_location=None) -> "SavePlan":
+    def build(cls, obj) -> "SavePlan":
         plan = cls(obj, StoragePlanner())
-        plan._location = array_location or _host_location
         try:
             plan._walk(obj, "obj", set())
         except RecursionError:
@@ -108,7 +108,7 @@ class SavePlan:
             if torch_dtypes.for_numpy(obj) is None:
                 raise TypeError(f"cannot save the dtype {obj} at {path}: torch has no such dtype")
             return
-        if _is_cupy_array(obj):
+        if is_cupy_array(obj):
             self._add_array(obj, path)
             return
         if t in (dict, OrderedDict, list, tuple, set) or _is_namedtuple(obj):
@@ -152,18 +152,9 @@ class SavePlan:
 
     def _add_array(self, array, path: str) -> None:
         try:
-            self.planner.add(array, self._location(array))
+            self.planner.add(array)
         except TypeError as err:
             raise TypeError(f"cannot save the array at {path}: {err}") from None
-
-
-def _host_location(array) -> str:
-    return "cpu"
-
-
-def _is_cupy_array(obj) -> bool:
-    # CuPy is never imported here: a CuPy array announces itself by its type.
-    return type(obj).__module__.startswith("cupy") and hasattr(obj, "__cuda_array_interface__")
 
 
 class CheckpointPickler:
@@ -238,7 +229,7 @@ class CheckpointPickler:
             self._save_global(obj)
         elif self._get(obj):
             return
-        elif isinstance(obj, np.ndarray) or _is_cupy_array(obj):
+        elif isinstance(obj, np.ndarray) or is_cupy_array(obj):
             self._save_array(obj)
         elif isinstance(obj, np.generic):
             self._save_array(self._plan.scalars[id(obj)], memo_as=obj)
