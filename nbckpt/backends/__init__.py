@@ -23,7 +23,7 @@ def _cupy_module():
     try:
         import cupy  # noqa: F401 - imported lazily on purpose
     except Exception as err:  # ImportError, or a broken CUDA install
-        return f"CuPy is not installed or does not import ({err}); install it with pip install cupy-cuda12x"
+        return f"CuPy is not installed or does not import ({err}); install it with `pip install cupy-cuda12x`"
     return cupy
 
 

@@ -21,25 +21,24 @@ __all__ = ["CupyBackend", "cupy_backend"]
 def cupy_backend(tag: str, *, saved_as: str | None = None) -> "CupyBackend":
     """The backend of GPU ``tag`` (``cuda`` is CuPy's current device)."""
     cupy = _cupy_module()
-    origin = f"the file holds arrays saved on {saved_as!r} and " if saved_as else ""
+    if saved_as is None or saved_as == tag:
+        what = f"the file holds arrays saved on {tag!r}"
+    else:
+        what = f"map_location sends arrays saved on {saved_as!r} to {tag!r}"
+    fix = "pass map_location='cpu' (or 'auto') to load them on the host"
     if isinstance(cupy, str):
-        raise DeviceError(
-            f"cannot load to {tag!r}: {origin}{cupy}. To load on the host instead pass "
-            f"map_location='cpu' (or 'auto').",
-            location=tag,
-        )
+        raise DeviceError(f"{what}, but no GPU is usable here: {cupy}; or {fix}.", location=tag)
     count = gpu_count()
     if count == 0:
         raise DeviceError(
-            f"cannot load to {tag!r}: {origin}no GPU is usable here (CuPy finds no CUDA "
-            f"device). Pass map_location='cpu' (or 'auto') to load on the host.",
+            f"{what}, but no GPU is usable here: CuPy finds no CUDA device. To load them anyway, {fix}.",
             location=tag,
         )
     index = cupy.cuda.runtime.getDevice() if tag == "cuda" else int(tag.split(":")[1])
     if index >= count:
         raise DeviceError(
-            f"cannot load to {tag!r}: {origin}this machine has {count} GPU(s) (cuda:0 to "
-            f"cuda:{count - 1}). Pass map_location, e.g. {{{tag!r}: 'cuda:0'}} or 'cpu'.",
+            f"{what}, but this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1}). "
+            f"Pass map_location, e.g. {{{tag!r}: 'cuda:0'}}, or 'cpu' (or 'auto').",
             location=tag,
         )
     return _backend(index)
