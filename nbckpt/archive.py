@@ -196,7 +196,8 @@ class Archive:
         self._by_name: dict[str, Record] = {}
         for record in records:
             self._by_name.setdefault(record.name, record)
-        self._storages: weakref.WeakValueDictionary | dict = weakref.WeakValueDictionary()
+        self._storage_roots: dict[str, tuple[Any, np.dtype]] = {}
+        self._storage_backends: dict[str, Any] = {}
         self._materializer: ZipMaterializer | None = None
 
     # -- context manager --------------------------------------------------------------------
@@ -274,6 +275,28 @@ class Archive:
                                 encoding="utf-8")
 
     def _materialize(self, ref: _ArrayRef) -> Any:
+        materializer = self._storage_reader()
+        sref = ref.storage
+        storage = self._cached_storage(sref.key)
+        if storage is None:
+            storage = materializer.storage(sref.key, sref.dtype, sref.numel, sref.location, sref.untyped)
+            if ref.strides is None:
+                array = materializer.empty(storage, ref.dtype, ref.shape)
+            else:
+                # The first view goes through the materializer (it may byte-swap).
+                array = materializer.view(storage, ref.dtype, ref.offset, ref.shape, ref.strides)
+            self._remember_storage(sref.key, storage, materializer.backend_of(storage))
+        else:
+            backend = self._storage_backends[sref.key]
+            if ref.strides is None:
+                array = backend.empty(ref.dtype, ref.shape)
+            else:
+                array = backend.view(storage, ref.dtype, ref.offset, ref.shape, ref.strides)
+        for transform in ref.transforms:
+            array = array.conj() if transform == "conj" else -array
+        return array
+
+    def _storage_reader(self) -> ZipMaterializer:
         if self._materializer is None:
             mapped = None
             if self._access is not None:
@@ -282,22 +305,32 @@ class Archive:
                 self._checkpoint.reader, self._device_map, byteorder=self._checkpoint.byteorder,
                 mapped=mapped,
             )
-        sref = ref.storage
-        storage = self._storages.get(sref.key)
-        if storage is None:
-            storage = self._materializer.storage(sref.key, sref.dtype, sref.numel, sref.location, sref.untyped)
-            try:
-                self._storages[sref.key] = storage
-            except TypeError:  # an array type without weak references: keep it
-                self._storages = dict(self._storages)
-                self._storages[sref.key] = storage
-        if ref.strides is None:
-            array = self._materializer.empty(storage, ref.dtype, ref.shape)
-        else:
-            array = self._materializer.view(storage, ref.dtype, ref.offset, ref.shape, ref.strides)
-        for transform in ref.transforms:
-            array = array.conj() if transform == "conj" else -array
-        return array
+        return self._materializer
+
+    # Storages already read are reused while any array from them is alive, so
+    # arrays asked for one by one share memory as they did in the file. Arrays
+    # keep only the root buffer of their storage alive (NumPy collapses base
+    # chains), so the cache holds a weak reference to that root.
+
+    def _remember_storage(self, key: str, storage: Any, backend: Any) -> None:
+        root = storage
+        while isinstance(getattr(root, "base", None), type(root)):
+            root = root.base
+        try:
+            self._storage_roots[key] = (weakref.ref(root), storage.dtype)
+        except TypeError:  # an array type without weak references: keep it alive
+            self._storage_roots[key] = (lambda root=root: root, storage.dtype)
+        self._storage_backends[key] = backend
+
+    def _cached_storage(self, key: str) -> Any:
+        entry = self._storage_roots.get(key)
+        if entry is None:
+            return None
+        root = entry[0]()
+        if root is None:
+            del self._storage_roots[key]
+            return None
+        return root if root.dtype == entry[1] else root.view(entry[1])
 
     # -- display -------------------------------------------------------------------------------------
 

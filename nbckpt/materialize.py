@@ -106,6 +106,10 @@ class ZipMaterializer:
     def empty(self, storage: Any, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
         return self._backends[id(storage)].empty(dtype, shape)
 
+    def backend_of(self, storage: Any) -> Any:
+        """The backend holding a storage this materializer made."""
+        return self._backends[id(storage)]
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _host_bytes(self, name: str, nbytes: int, backend: Any) -> np.ndarray:

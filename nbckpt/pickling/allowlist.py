@@ -55,6 +55,13 @@ BLOCKED_BUILTINS = frozenset({
     "property",
 })
 
+# Single functions that read or run other files, whatever module they sit in.
+BLOCKED_NAMES = frozenset({
+    "torch.load", "torch.serialization.load", "torch.jit.load", "torch.hub.load",
+    "numpy.load", "numpy.save", "numpy.fromfile", "numpy.memmap", "numpy.loadtxt",
+    "numpy.genfromtxt", "numpy.lib.npyio.load", "numpy.ctypeslib.load_library",
+})
+
 _lock = threading.Lock()
 _process_globals: dict[str, Any] = {}
 _scoped_globals: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
@@ -155,6 +162,8 @@ def blocked_reason(module: str, name: str) -> str | None:
         return f"module {module!r} can run code or reach the system"
     if module == "builtins" and name in BLOCKED_BUILTINS:
         return f"builtins.{name} can run code or reach the interpreter's internals"
+    if f"{module}.{name}" in BLOCKED_NAMES:
+        return f"{module}.{name} reads (and may run) other files"
     return None
 
 

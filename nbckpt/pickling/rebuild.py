@@ -94,14 +94,24 @@ def _is_int(value: Any) -> bool:
     return type(value) is int or isinstance(value, np.integer)
 
 
+_INDEX_LIMIT = 2**63  # sizes, strides and byte counts must fit NumPy's intp
+
+
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)):
         raise FormatError(f"{what} must be a tuple of integers, got {type(value).__name__}")
     if len(value) > MAX_NDIM:
         raise FormatError(f"{what} has {len(value)} dimensions; at most {MAX_NDIM} are supported")
-    if not all(_is_int(v) and v >= 0 for v in value):
-        raise FormatError(f"{what} must hold non-negative integers, got {tuple(value)!r}")
+    if not all(_is_int(v) and 0 <= v < _INDEX_LIMIT for v in value):
+        raise FormatError(f"{what} must hold integers from 0 to 2**63 - 1, got {tuple(value)!r}")
     return tuple(int(v) for v in value)
+
+
+def _check_empty_shape(shape: tuple[int, ...], itemsize: int) -> None:
+    """An empty array still needs a representable shape (NumPy checks the non-zero extents)."""
+    extent = math.prod(n for n in shape if n) * max(itemsize, 1)
+    if extent >= _INDEX_LIMIT:
+        raise FormatError(f"array size {shape} is too large to represent")
 
 
 class Rebuilder:
@@ -160,6 +170,7 @@ class Rebuilder:
         call("builtins.frozenset", self.make_frozenset)
         call("builtins.complex", self.make_complex)
         call("builtins.bytearray", self.make_bytearray)
+        call("builtins.bytes", self.make_bytes)
         call("builtins.slice", self.make_slice)
         call("_codecs.encode", self.codecs_encode)
         for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -209,10 +220,11 @@ class Rebuilder:
                 f"persistent id must be a tuple ('storage', class, key, location, numel), "
                 f"got {type(pid).__name__}"
             )
-        if not pid or _ascii(pid[0]) != "storage":
-            kind = _ascii(pid[0]) if pid else "nothing"
+        kind = pid[0] if pid else None
+        if type(kind) not in (str, bytes) or _ascii(kind) != "storage":
+            shown = _ascii(kind) if type(kind) in (str, bytes) else type(kind).__name__
             raise UnpicklingError(
-                f"only storages may be loaded by persistent id, but the file asks for {kind!r}"
+                f"only storages may be loaded by persistent id, but the file asks for {shown!r}"
             )
         if len(pid) != 5:
             raise FormatError(
@@ -276,6 +288,7 @@ class Rebuilder:
         offset = int(offset)
         itemsize = dtype.itemsize
         if 0 in shape:
+            _check_empty_shape(shape, itemsize)
             return self._materializer.empty(storage, dtype, shape)
         last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
         if (last + 1) * itemsize > nbytes:
@@ -381,7 +394,16 @@ class Rebuilder:
     def make_complex(self, real: Any = 0, imag: Any = 0) -> complex:
         if not all(type(v) in (int, float) for v in (real, imag)):
             raise FormatError(f"complex() needs two numbers, got {real!r} and {imag!r}")
-        return complex(real, imag)
+        try:
+            return complex(real, imag)
+        except OverflowError:
+            raise FormatError("complex() of a number too large for a float") from None
+
+    def make_bytes(self, source: Any = b"") -> bytes:
+        # Protocol 2 writes b"" as bytes(); bytes(n) would allocate n bytes.
+        if type(source) is not bytes:
+            raise FormatError(f"bytes() accepts only bytes here, got {type(source).__name__}")
+        return source
 
     def make_slice(self, *args: Any) -> slice:
         if len(args) > 3 or not all(a is None or type(a) is int for a in args):
@@ -534,10 +556,13 @@ class _PendingArray(PendingObject):
                 "loaded with weights_only=True"
             )
         expected = math.prod(shape) * dtype.itemsize
+        if expected == 0:
+            _check_empty_shape(shape, dtype.itemsize)
         if len(data) != expected:
             raise FormatError(f"numpy array of shape {shape} and dtype {dtype} needs {expected} bytes, got {len(data)}")
-        array = np.frombuffer(bytearray(data), dtype=dtype)
-        return array.reshape(shape, order="F" if fortran else "C")
+        array = np.frombuffer(bytearray(data), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        # NumPy's own unpickling returns native byte order; so does nbckpt.
+        return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
 
     def __repr__(self) -> str:
         return "<numpy array before BUILD>"

@@ -22,7 +22,7 @@ import pickle
 import struct
 from typing import Any
 
-from ..errors import FormatError, UnpicklingError
+from ..errors import CheckpointError, FormatError, UnpicklingError
 from . import allowlist
 from .rebuild import PendingObject, Rebuilder, canonical_name
 
@@ -94,6 +94,10 @@ class SafeUnpickler:
         self.globals_seen: list[str] = []
         self._user_callables: set[int] = set()
         self._user_classes: set[int] = set()
+        self._unfinished: dict[int, PendingObject] = {}
+        # ``getattr(Outer, "Nested")`` is how protocol 2 names nested classes.
+        self._getattr = self.restricted_getattr  # one bound method, so its id is stable
+        self._user_callables.add(id(self._getattr))
 
     # -- globals ------------------------------------------------------------------
 
@@ -101,12 +105,14 @@ class SafeUnpickler:
         """The object for GLOBAL ``module.name``: allowlisted, or refused."""
         dotted = canonical_name(module, name)
         self.globals_seen.append(dotted)
+        if dotted == "builtins.getattr":
+            return self._getattr
         mod, _, short = dotted.rpartition(".")
         reason = allowlist.blocked_reason(mod, short)
         if reason is not None:
             raise UnpicklingError(
-                f"weights_only=True refused GLOBAL {dotted}: {reason}, so nbckpt never "
-                f"loads it, even when allowlisted. Load this file with weights_only=False "
+                f"weights_only=True refused GLOBAL {dotted}: it is blocked, because {reason}; "
+                f"nbckpt never loads it, even when allowlisted. Load this file with weights_only=False "
                 f"only if you trust its source completely: it would run that code.",
                 global_name=dotted,
             )
@@ -121,6 +127,26 @@ class SafeUnpickler:
                 self._user_classes.add(id(obj))
             return obj
         raise UnpicklingError(allowlist.refusal_message(dotted), global_name=dotted)
+
+    def restricted_getattr(self, obj: Any, name: Any) -> Any:
+        """``getattr`` as protocol 2 uses it for nested classes, and nothing more.
+
+        Only an attribute of a user-allowlisted class that is itself allowlisted
+        may be fetched; anything else (``getattr(x, "__globals__")``...) is refused.
+        """
+        if type(name) is str and not name.startswith("_") and id(obj) in self._user_classes:
+            value = getattr(obj, name, None)
+            if value is not None and any(value is g for g in allowlist.get_safe_globals()):
+                if callable(value):
+                    self._user_callables.add(id(value))
+                if isinstance(value, type):
+                    self._user_classes.add(id(value))
+                return value
+        raise UnpicklingError(
+            f"weights_only=True refused getattr({obj!r}, {name!r}): only an allowlisted class's "
+            f"allowlisted member (a nested class) may be fetched",
+            global_name="builtins.getattr",
+        )
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -137,7 +163,10 @@ class SafeUnpickler:
         if type(args) is not tuple:
             raise self._fail(pos, f"REDUCE arguments must be a tuple, got {type(args).__name__}")
         if id(func) in self._rebuilder.callables or id(func) in self._user_callables:
-            return func(*args)
+            result = func(*args)
+            if isinstance(result, PendingObject):
+                self._unfinished[id(result)] = result
+            return result
         raise UnpicklingError(
             f"weights_only=True refused to call {func!r} (REDUCE at byte {pos}): only "
             f"allowlisted functions and classes may be called"
@@ -158,15 +187,15 @@ class SafeUnpickler:
     def _build(self, inst: Any, state: Any, pos: int) -> Any:
         """Apply BUILD; returns the object that replaces ``inst`` (usually itself)."""
         if isinstance(inst, PendingObject):
+            self._unfinished.pop(id(inst), None)
             return inst.finish(state)
         if type(inst) is collections.OrderedDict:
             # A state_dict's ``_metadata`` (module versions) arrives this way.
             _set_attributes(inst, state, pos)
             return inst
         if id(type(inst)) in self._user_classes:
-            setstate = getattr(inst, "__setstate__", None)
-            if setstate is not None and type(inst).__setstate__ is not object.__setstate__:
-                setstate(state)
+            if "__setstate__" in _class_attributes(type(inst)):
+                inst.__setstate__(state)
                 return inst
             slotstate = None
             if isinstance(state, tuple) and len(state) == 2:
@@ -187,14 +216,19 @@ class SafeUnpickler:
         """Run the pickle up to STOP and return its object."""
         try:
             return self._run()
-        except (IndexError, struct.error) as err:
+        except CheckpointError:
+            raise
+        except UnicodeDecodeError:
+            raise  # a Python 2 string that the requested ``encoding`` cannot decode
+        except (IndexError, struct.error, OverflowError) as err:
             raise FormatError(
                 f"corrupt or truncated pickle near byte {self.position}: {err}", record="data.pkl"
             ) from None
         except RecursionError:
             raise FormatError("pickle is nested too deeply", record="data.pkl") from None
-        except TypeError as err:
-            # Unhashable keys, wrong argument counts: all come from the file.
+        except (TypeError, ValueError, AttributeError) as err:
+            # Unhashable keys, wrong argument counts, NumPy refusing a shape:
+            # all of them come from the file.
             raise FormatError(f"invalid pickle near byte {self.position}: {err}", record="data.pkl") from None
 
     def _run(self) -> Any:  # noqa: C901 - one loop over opcodes is the clearest form
@@ -291,7 +325,11 @@ class SafeUnpickler:
                 pos += len(module) + 1
                 name = self._line(data, pos, end)
                 pos += len(name) + 1
-                stack.append(self.find_class(module.decode("utf-8"), name.decode("utf-8")))
+                try:
+                    module_name, attr_name = module.decode("utf-8"), name.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise self._fail(pos, "a GLOBAL name is not valid UTF-8") from None
+                stack.append(self.find_class(module_name, attr_name))
             elif op == _NEWFALSE:
                 stack.append(False)
             elif op == _NEWTRUE:
@@ -402,7 +440,14 @@ class SafeUnpickler:
                     raise self._fail(pos, f"STOP with {len(stack)} objects and {len(marks)} marks left")
                 result = stack[0]
                 if isinstance(result, PendingObject):
+                    self._unfinished.pop(id(result), None)
                     result = result.resolve()
+                if self._unfinished:
+                    unfinished = ", ".join(sorted({repr(o) for o in self._unfinished.values()}))
+                    raise FormatError(
+                        f"the pickle ends with objects it never finished building: {unfinished}",
+                        record="data.pkl",
+                    )
                 return result
             elif op in _REFUSED:
                 name, why = _REFUSED[op]
@@ -421,16 +466,28 @@ class SafeUnpickler:
         return data[pos:newline]
 
 
+def _class_attributes(cls: type) -> set[str]:
+    """Names defined by ``cls`` or its bases, except ``object`` itself."""
+    return {name for klass in cls.__mro__ if klass is not object for name in vars(klass)}
+
+
 def _set_attributes(inst: Any, state: Any, pos: int, *, use_dict: bool = False) -> None:
     if not isinstance(state, dict):
         raise FormatError(f"BUILD state must be a dict of attributes, got {type(state).__name__}", record="data.pkl")
     for key, value in state.items():
         if type(key) is not str or (key.startswith("__") and key.endswith("__")):
             raise UnpicklingError(f"weights_only=True refused to set attribute {key!r} (BUILD at byte {pos})")
-        if use_dict and hasattr(inst, "__dict__"):
-            inst.__dict__[key] = value
-        else:
-            setattr(inst, key, value)
+        try:
+            if use_dict and hasattr(inst, "__dict__"):
+                inst.__dict__[key] = value
+            else:
+                setattr(inst, key, value)
+        except (AttributeError, TypeError) as err:
+            raise FormatError(
+                f"BUILD at byte {pos} sets attribute {key!r}, which a "
+                f"{type(inst).__qualname__} cannot hold: {err}",
+                record="data.pkl",
+            ) from None
 
 
 def _refuse_target(opcode: str, target: Any, allowed: str, pos: int) -> UnpicklingError:
@@ -462,9 +519,12 @@ class FullUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         return self._buffer.tell()
 
     def find_class(self, module: str, name: str) -> Any:
-        found = self._rebuilder.resolve(module, name)
-        if found is not None:
-            return found[1]
+        # torch's names become nbckpt's (tensors load as arrays, torch need not be
+        # installed); everything else is what the pickle says, as Python loads it.
+        if module.split(".", 1)[0] == "torch":
+            found = self._rebuilder.resolve(module, name)
+            if found is not None:
+                return found[1]
         try:
             return super().find_class(module, name)
         except ImportError as err:
