@@ -5,17 +5,18 @@ from __future__ import annotations
 import contextlib
 import mmap as mmap_module
 import sys
-import warnings
 from typing import Any
 
 from .devices import DeviceMap
 from .errors import FormatError
 from .format import spec
 from .format.checkpoint import open_zip_checkpoint
+from .format import legacy as legacy_format
 from .format.container import ZipWriter
-from .materialize import ZipMaterializer
+from . import legacy_loader
+from .materialize import ZipMaterializer, ZipSource
 from .pickling.rebuild import Rebuilder
-from .pickling.unpickler import FullUnpickler, SafeUnpickler
+from .pickling.run import run_unpickler
 from .pickling.writer import CheckpointPickler, SavePlan
 from .sources import archive_prefix, atomic_write, check_writable, is_path, open_source
 
@@ -23,7 +24,7 @@ __all__ = ["save", "load"]
 
 
 
-def save(obj: Any, f: Any) -> None:
+def save(obj: Any, f: Any, *, format: str = "zip") -> None:
     """Save ``obj`` to ``f`` in torch's checkpoint format (torch.load reads it).
 
     ``f`` is a path (written atomically: a failed save leaves any previous file
@@ -31,7 +32,8 @@ def save(obj: Any, f: Any) -> None:
     ``obj`` may nest dicts, OrderedDicts, lists, tuples, namedtuples and sets of
     NumPy arrays and scalars, str, bytes, bytearray, int, float, complex, bool
     and None. Arrays that view one buffer are stored once and view one buffer
-    again when loaded.
+    again when loaded. ``format="legacy"`` writes torch's pre-1.6 stream format
+    instead of the zip archive (torch still reads it).
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
@@ -42,15 +44,23 @@ def save(obj: Any, f: Any) -> None:
         >>> np.shares_memory(out["w"], out["wT"]), out["step"]
         (True, 3)
     """
+    if format not in ("zip", "legacy"):
+        raise ValueError(f"format must be 'zip' (torch >= 1.6) or 'legacy' (torch < 1.6), got {format!r}")
     write = None if is_path(f) else check_writable(f)
     plan = SavePlan.build(obj)  # every check happens before the first byte is written
-    pickler = CheckpointPickler(plan)
+    pickler = CheckpointPickler(plan, legacy=format == "legacy")
     data_pkl = pickler.dumps(obj)
+    if format == "legacy":
+        def emit(write_to):
+            legacy_format.write_stream(write_to, data_pkl, pickler.storages)
+    else:
+        def emit(write_to):
+            _write_zip(write_to, archive_prefix(f), data_pkl, pickler.storages)
     if write is None:
         with atomic_write(f) as handle:
-            _write_zip(handle.write, archive_prefix(f), data_pkl, pickler.storages)
+            emit(handle.write)
         return
-    _write_zip(write, archive_prefix(f), data_pkl, pickler.storages)
+    emit(write)
     flush = getattr(f, "flush", None)
     if callable(flush):
         flush()
@@ -116,41 +126,31 @@ def load(
         if magic == spec.LOCAL_MAGIC:
             checkpoint = open_zip_checkpoint(stream)
             with map_file(stream, access) as mapped:
-                materializer = ZipMaterializer(
-                    checkpoint.reader, device_map, byteorder=checkpoint.byteorder,
-                    skip_data=skip_data, mapped=mapped,
-                )
+                source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data)
+                materializer = ZipMaterializer(source, device_map, byteorder=checkpoint.byteorder,
+                                               skip_data=skip_data)
                 result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,
                                   encoding=encoding)
             stream.seek(checkpoint.reader.end)
             return result
         if not magic:
             raise FormatError("the file is empty (or the stream is at its end): there is no checkpoint to load")
-        raise FormatError(
-            f"not a zip checkpoint: the data starts with {magic!r}, expected {spec.LOCAL_MAGIC!r}. "
-            f"Files saved by torch before 1.6 (or with _use_new_zipfile_serialization=False) "
-            f"use the legacy format."
-        )
+        if access is not None:
+            raise ValueError(
+                "mmap can only be used with zip checkpoints (torch >= 1.6, the default format); "
+                "this file is in torch's legacy format. Load it without mmap, or save it again "
+                "with nbckpt.save to get a zip checkpoint."
+            )
+        if legacy_format.is_tar(stream):
+            return legacy_loader.load_tar(stream, device_map, weights_only=weights_only, encoding=encoding)
+        return legacy_loader.load_stream(stream, device_map, weights_only=weights_only,
+                                         encoding=encoding, skip_data=skip_data)
 
 
 def unpickle(data_pkl: bytes, materializer: Any, *, weights_only: bool, encoding: str) -> Any:
-    """Run a checkpoint's pickle over ``materializer``; warn about what moved."""
-    rebuilder = Rebuilder(materializer)
-    unpickler_cls = SafeUnpickler if weights_only else FullUnpickler
-    result = unpickler_cls(data_pkl, rebuilder, encoding=encoding).load()
-    moved = getattr(materializer, "moved", None)
-    if moved:
-        listed = ", ".join(f"{saved} -> {target}" for saved, target in moved.items())
-        warnings.warn(f"map_location='auto' moved storages that cannot be used here: {listed}",
-                      stacklevel=3)
-    raw = getattr(materializer, "raw_dtypes", None)
-    if raw:
-        warnings.warn(
-            f"CuPy has no {', '.join(sorted(raw))}: those arrays hold their raw bits as unsigned "
-            f"integers on the GPU (load them with map_location='cpu' for typed arrays)",
-            stacklevel=3,
-        )
-    return result
+    """Run a zip checkpoint's pickle over ``materializer``."""
+    return run_unpickler(data_pkl, Rebuilder(materializer), weights_only=weights_only,
+                         encoding=encoding, materializer=materializer)
 
 
 def mmap_access(mmap: bool | str) -> int | None:

@@ -31,7 +31,7 @@ from .devices import DeviceMap
 from .errors import FormatError
 from .format import dtypes as torch_dtypes
 from .format.checkpoint import ZipCheckpoint, open_zip_checkpoint
-from .materialize import ZipMaterializer
+from .materialize import ZipMaterializer, ZipSource
 from .pickling import scan
 from .pickling.rebuild import Rebuilder
 from .pickling.unpickler import FullUnpickler, SafeUnpickler
@@ -267,10 +267,8 @@ class Archive:
     def load(self) -> Any:
         """Load the whole object, exactly as :func:`nbckpt.load` would."""
         with api.map_file(self._stream, self._access) as mapped:
-            materializer = ZipMaterializer(
-                self._checkpoint.reader, self._device_map, byteorder=self._checkpoint.byteorder,
-                mapped=mapped,
-            )
+            source = ZipSource(self._checkpoint.reader, mapped=mapped)
+            materializer = ZipMaterializer(source, self._device_map, byteorder=self._checkpoint.byteorder)
             return api.unpickle(self._checkpoint.data_pkl, materializer, weights_only=self._weights_only,
                                 encoding="utf-8")
 
@@ -301,10 +299,9 @@ class Archive:
             mapped = None
             if self._access is not None:
                 mapped = mmap_module.mmap(self._stream.fileno(), 0, access=self._access)
-            self._materializer = ZipMaterializer(
-                self._checkpoint.reader, self._device_map, byteorder=self._checkpoint.byteorder,
-                mapped=mapped,
-            )
+            source = ZipSource(self._checkpoint.reader, mapped=mapped)
+            self._materializer = ZipMaterializer(source, self._device_map,
+                                                 byteorder=self._checkpoint.byteorder)
         return self._materializer
 
     # Storages already read are reused while any array from them is alive, so

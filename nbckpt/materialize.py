@@ -23,7 +23,7 @@ from .format import dtypes as torch_dtypes
 from .format import spec
 from .format.container import ZipReader
 
-__all__ = ["ZipMaterializer", "swap_bytes"]
+__all__ = ["ZipMaterializer", "ZipSource", "swap_bytes"]
 
 
 def swap_bytes(raw: Any, unit: int) -> None:
@@ -44,23 +44,55 @@ def _swap_unit(dtype: np.dtype) -> int:
     return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
 
 
-class ZipMaterializer:
-    """Reads storages of a zip checkpoint and places them per ``map_location``.
+class ZipSource:
+    """Storage bytes from the ``data/<key>`` records of a zip checkpoint."""
 
+    def __init__(self, reader: ZipReader, *, mapped: mmap_module.mmap | None = None,
+                 skip_data: bool = False) -> None:
+        self._reader = reader
+        self._mapped = mapped
+        self._skip_data = skip_data
+
+    def size(self, key: str) -> int:
+        """The record's size in bytes (FormatError when it is missing)."""
+        return self._reader.entry(f"data/{key}").size
+
+    def can_map(self, key: str) -> bool:
+        return self._mapped is not None and self._reader.entry(f"data/{key}").method == spec.METHOD_STORED
+
+    def host_bytes(self, key: str, nbytes: int, backend: Any, *, mapped_ok: bool) -> np.ndarray:
+        """The record's bytes in host memory: mapped in place, or read into a fresh buffer."""
+        name = f"data/{key}"
+        if mapped_ok and self.can_map(key):
+            offset = self._reader.data_offset(name)
+            return np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
+        make = getattr(backend, "host_buffer", None)
+        host = make(nbytes) if make is not None else np.empty(nbytes, dtype=np.uint8)
+        if not self._skip_data:
+            self._reader.readinto(name, host)
+        return host
+
+
+class ZipMaterializer:
+    """Reads storages of a checkpoint and places them per ``map_location``.
+
+    ``source`` gives each storage's bytes (a zip reader wrapped in
+    :class:`ZipSource`, or buffers a legacy loader read already).
     ``skip_data`` allocates storages without reading them (their content is
-    undefined). ``mapped`` is an ``mmap`` of the whole file: storages are then
-    views of it, read-only or copy-on-write as it was opened. ``moved`` maps saved
-    tags to the tags ``"auto"`` sent them to instead; ``raw_dtypes`` names the
-    dtypes that had to stay raw bits on a GPU.
+    undefined). With a mapped source, storages are views of the file's mapping,
+    read-only or copy-on-write as it was opened. ``moved`` maps saved tags to the
+    tags ``"auto"`` sent them to instead; ``raw_dtypes`` names the dtypes that
+    had to stay raw bits on a GPU.
     """
 
-    def __init__(self, reader: ZipReader, device_map: DeviceMap, *, byteorder: str = sys.byteorder,
-                 skip_data: bool = False, mapped: mmap_module.mmap | None = None) -> None:
-        self._reader = reader
+    def __init__(self, source: Any, device_map: DeviceMap, *, byteorder: str = sys.byteorder,
+                 skip_data: bool = False) -> None:
+        if isinstance(source, ZipReader):
+            source = ZipSource(source, skip_data=skip_data)
+        self._source = source
         self._device_map = device_map
         self._swap = byteorder != sys.byteorder
         self._skip_data = skip_data
-        self._mapped = mapped
         self._backends: dict[int, Any] = {}
         self._pending_swap: dict[int, Any] = {}
         self.moved: dict[str, str] = {}
@@ -72,18 +104,18 @@ class ZipMaterializer:
                 untyped: bool = False) -> Any:
         name = f"data/{key}"
         nbytes = numel * dtype.itemsize
-        entry = self._reader.entry(name)
-        if entry.size != nbytes:
+        size = self._source.size(key)
+        if size != nbytes:
             raise FormatError(
-                f"record {name} holds {entry.size} bytes but the pickle declares {numel} "
+                f"record {name} holds {size} bytes but the pickle declares {numel} "
                 f"x {dtype.name} = {nbytes} bytes",
                 record=name,
             )
         if self._device_map.mode == "callable":
-            backend, storage = self._storage_by_function(name, dtype, nbytes, location)
+            backend, storage = self._storage_by_function(key, dtype, nbytes, location)
         else:
-            backend = self._backend(location)
-            host = self._host_bytes(name, nbytes, backend)
+            backend = self.backend_for_location(location)
+            host = self._source.host_bytes(key, nbytes, backend, mapped_ok=not self._swap)
             if self._swap and dtype.itemsize > 1 and not self._skip_data:
                 swap_bytes(host, _swap_unit(dtype.numpy))
             storage = backend.from_host(host.view(dtype.numpy))
@@ -112,19 +144,8 @@ class ZipMaterializer:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _host_bytes(self, name: str, nbytes: int, backend: Any) -> np.ndarray:
-        """The record's bytes in host memory: mapped, or read into a fresh buffer."""
-        entry = self._reader.entry(name)
-        if self._mapped is not None and entry.method == spec.METHOD_STORED and not self._swap:
-            offset = self._reader.data_offset(name)
-            return np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
-        make = getattr(backend, "host_buffer", None)
-        host = make(nbytes) if make is not None else np.empty(nbytes, dtype=np.uint8)
-        if not self._skip_data:
-            self._reader.readinto(name, host)
-        return host
-
-    def _backend(self, location: str) -> Any:
+    def backend_for_location(self, location: str) -> Any:
+        """The backend a storage saved at ``location`` goes to (per ``map_location``)."""
         if self._device_map.mode == "auto":
             try:
                 return backend_for(canonical_tag(location), saved_as=location)
@@ -134,15 +155,16 @@ class ZipMaterializer:
         target = self._device_map.target(location)
         return backend_for(canonical_tag(target), saved_as=location)
 
-    def _storage_by_function(self, name: str, dtype: torch_dtypes.TorchDtype, nbytes: int,
+    def _storage_by_function(self, key: str, dtype: torch_dtypes.TorchDtype, nbytes: int,
                              location: str) -> tuple[Any, Any]:
-        host = self._host_bytes(name, nbytes, HOST)
+        name = f"data/{key}"
+        host = self._source.host_bytes(key, nbytes, HOST, mapped_ok=not self._swap)
         if self._swap and dtype.itemsize > 1 and not self._skip_data:
             swap_bytes(host, _swap_unit(dtype.numpy))
         typed = host.view(dtype.numpy)
         result = self._device_map.function(typed, location)  # type: ignore[misc]
         if result is None:
-            backend = self._backend(location)
+            backend = self.backend_for_location(location)
             return backend, backend.from_host(typed)
         backend = HOST if isinstance(result, np.ndarray) else _backend_of_array(result)
         if (getattr(result, "nbytes", None) != nbytes or getattr(result, "ndim", None) != 1

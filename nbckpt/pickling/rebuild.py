@@ -122,8 +122,10 @@ class Rebuilder:
     REDUCE may call and ``classes`` those that NEWOBJ may instantiate.
     """
 
-    def __init__(self, materializer: Any) -> None:
+    def __init__(self, materializer: Any, *, legacy: bool = False, modules: bool = False) -> None:
         self._materializer = materializer
+        self.legacy = legacy  # the pre-1.6 stream format's persistent ids
+        self.modules = modules  # return pickled module classes (weights_only=False only)
         self._storages: dict[str, tuple[Any, torch_dtypes.TorchDtype, int]] = {}
         self._storage_info: dict[int, tuple[Any, torch_dtypes.TorchDtype, int, str]] = {}
         self.globals: dict[str, Any] = {}
@@ -214,25 +216,71 @@ class Rebuilder:
     # -- storages --------------------------------------------------------------
 
     def persistent_load(self, pid: Any) -> Any:
-        """Turn ``('storage', StorageClass, key, location, numel)`` into a storage."""
+        """Turn a storage persistent id into a storage.
+
+        Zip checkpoints use ``('storage', StorageClass, key, location, numel)``;
+        the legacy stream format (``legacy=True``) adds a sixth field,
+        ``view_metadata``: ``None`` or ``(view_key, offset, size)`` naming a slice
+        of the storage, and may name a pickled module class (``'module', ...``).
+        """
         if not isinstance(pid, tuple):
             raise UnpicklingError(
                 f"persistent id must be a tuple ('storage', class, key, location, numel), "
                 f"got {type(pid).__name__}"
             )
         kind = pid[0] if pid else None
-        if type(kind) not in (str, bytes) or _ascii(kind) != "storage":
-            shown = _ascii(kind) if type(kind) in (str, bytes) else type(kind).__name__
+        kind = _ascii(kind) if type(kind) in (str, bytes) else None
+        if kind == "module" and self.legacy:
+            return self.legacy_module(pid)
+        if kind != "storage":
+            shown = kind if kind is not None else type(pid[0] if pid else None).__name__
             raise UnpicklingError(
                 f"only storages may be loaded by persistent id, but the file asks for {shown!r}"
             )
-        if len(pid) != 5:
+        expected = 6 if self.legacy else 5
+        if len(pid) != expected:
+            fields = "('storage', class, key, location, numel" + (", view_metadata)" if self.legacy else ")")
+            raise FormatError(f"storage persistent id has {len(pid)} fields, expected {expected} {fields}")
+        storage = self.load_storage(*pid[1:5])
+        if self.legacy and pid[5] is not None:
+            return self.storage_view(storage, pid[5])
+        return storage
+
+    def legacy_module(self, pid: tuple) -> Any:
+        """``('module', cls, source_file, source)``: old files pickled whole modules."""
+        if self.modules and len(pid) == 4:
+            return pid[1]
+        raise UnpicklingError(
+            "the file pickles a whole torch.nn.Module (its class and source code), not just "
+            "its weights; nbckpt loads arrays, not modules. Load it with torch, save "
+            "module.state_dict(), and load that instead"
+        )
+
+    def storage_view(self, root: Any, view_metadata: Any) -> Any:
+        """A slice ``(view_key, offset, size)`` of a storage, in its elements (legacy files)."""
+        if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
+            raise FormatError(f"storage view metadata must be (key, offset, size), got {view_metadata!r}")
+        view_key, offset, size = view_metadata
+        view_key = _ascii(view_key)
+        cached = self._storages.get(view_key)
+        if cached is not None:
+            return cached[0]
+        dtype, nbytes, key = self.storage_info(root)
+        if not (_is_int(offset) and _is_int(size) and offset >= 0 and size >= 0):
+            raise FormatError(f"storage view of {key!r} has offset {offset!r} and size {size!r}")
+        if (offset + size) * dtype.itemsize > nbytes:
             raise FormatError(
-                f"storage persistent id has {len(pid)} fields, expected 5 "
-                f"('storage', class, key, location, numel)"
+                f"storage view {view_key!r} covers elements {offset} to {offset + size} of storage "
+                f"{key!r}, which has {nbytes // dtype.itemsize}"
             )
-        _, storage_class, key, location, numel = pid
-        return self.load_storage(storage_class, key, location, numel)
+        view = self._materializer.storage_view(root, dtype, int(offset), int(size))
+        self._storages[view_key] = (view, dtype, int(size))
+        self._storage_info[id(view)] = (view, dtype, int(size) * dtype.itemsize, view_key)
+        return view
+
+    def register_storage(self, storage: Any, dtype: torch_dtypes.TorchDtype, key: str) -> None:
+        """Let arrays be built on a storage made outside the pickle (legacy tar files)."""
+        self._storage_info[id(storage)] = (storage, dtype, storage.nbytes, key)
 
     def load_storage(self, storage_class: Any, key: Any, location: Any, numel: Any) -> Any:
         """Validate one storage reference and return its (cached) storage object."""

@@ -86,9 +86,10 @@ class SafeUnpickler:
     """
 
     def __init__(self, data: bytes, rebuilder: Rebuilder, *, encoding: str = "utf-8",
-                 start: int = 0) -> None:
+                 start: int = 0, persistent_load: Any = None) -> None:
         self._data = data
         self._rebuilder = rebuilder
+        self._persistent_load = persistent_load or rebuilder.persistent_load
         self._encoding = encoding
         self.position = start
         self.globals_seen: list[str] = []
@@ -319,7 +320,7 @@ class SafeUnpickler:
                 args = stack.pop()
                 stack[-1] = self._reduce(stack[-1], args, pos - 1)
             elif op == _BINPERSID:
-                stack[-1] = rebuilder.persistent_load(stack[-1])
+                stack[-1] = self._persistent_load(stack[-1])
             elif op == _GLOBAL:
                 module = self._line(data, pos, end)
                 pos += len(module) + 1
@@ -508,11 +509,12 @@ class FullUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
     def __init__(self, data: bytes, rebuilder: Rebuilder, *, encoding: str = "utf-8",
-                 start: int = 0) -> None:
+                 start: int = 0, persistent_load: Any = None) -> None:
         self._buffer = io.BytesIO(data)
         self._buffer.seek(start)
         super().__init__(self._buffer, encoding=encoding)
         self._rebuilder = rebuilder
+        self._persistent_load_hook = persistent_load or rebuilder.persistent_load
 
     @property
     def position(self) -> int:
@@ -535,7 +537,7 @@ class FullUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             ) from err
 
     def persistent_load(self, pid: Any) -> Any:
-        return self._rebuilder.persistent_load(pid)
+        return self._persistent_load_hook(pid)
 
     def load_build(self) -> None:
         state = self.stack.pop()

@@ -165,8 +165,9 @@ class CheckpointPickler:
     available afterwards as ``storages``.
     """
 
-    def __init__(self, plan: SavePlan) -> None:
+    def __init__(self, plan: SavePlan, *, legacy: bool = False) -> None:
         self._plan = plan
+        self._legacy = legacy  # the pre-1.6 format adds view_metadata (None) to each id
         self._out: list[bytes] = []
         self._memo: dict[int, tuple[int, object]] = {}
         self.storages: list[PlannedStorage] = []
@@ -191,6 +192,8 @@ class CheckpointPickler:
         else:
             cls = ("torch", dtype.storage_class)
             numel = storage.numel
+        if self._legacy:
+            return ("storage", _Global(*cls), storage.key, storage.location, numel, None)
         return ("storage", _Global(*cls), storage.key, storage.location, numel)
 
     # -- memo ------------------------------------------------------------------
