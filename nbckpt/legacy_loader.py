@@ -106,12 +106,16 @@ def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: 
     """Load one pre-1.6 checkpoint at ``stream``'s position; leave the stream after it."""
     end = _stream_end(stream)
     options = dict(weights_only=weights_only, encoding=encoding)
-    magic = _small_pickle(stream, end, "magic number", **options)
-    if magic != spec.MAGIC_NUMBER:
+    start = stream.tell()
+    head = stream.read(len(spec.MAGIC_PICKLE))
+    stream.seek(start)
+    if head != spec.MAGIC_PICKLE:
         raise FormatError(
-            "not a torch checkpoint: it is neither a zip archive nor a legacy torch file "
-            "(invalid magic number). A plain pickle is loaded with pickle.load."
+            f"not a torch checkpoint: the data starts with {head[:8]!r}, which is neither a zip "
+            f"archive (b'PK\\x03\\x04', torch >= 1.6) nor a legacy torch file (invalid magic "
+            f"number). A plain pickle is loaded with pickle.load, not nbckpt.load."
         )
+    _small_pickle(stream, end, "magic number", **options)
     version = _small_pickle(stream, end, "protocol version", **options)
     if version != spec.PROTOCOL_VERSION:
         raise FormatError(f"invalid legacy protocol version {version!r}, expected {spec.PROTOCOL_VERSION}")

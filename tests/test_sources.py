@@ -477,7 +477,7 @@ def test_fake_zip(tmp_path):
     # looks at the leading bytes and refuses it as not a zip checkpoint.
     not_zip = b"\x80\x02" + fake.tobytes()
     assert zipfile.is_zipfile(io.BytesIO(not_zip))
-    with pytest.raises(FormatError, match=r"not a zip checkpoint: the data starts with b'\\x80\\x02PK'"):
+    with pytest.raises(FormatError, match=r"not a torch checkpoint: the data starts with b'\\x80\\x02PK"):
         nbckpt.load(io.BytesIO(not_zip))
 
 
