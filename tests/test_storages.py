@@ -461,12 +461,6 @@ def test_non_overlapping_views_of_different_dtypes_are_fine():
         assert not np.shares_memory(x, y)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the dtype conflict check compares each dtype group's overall byte span "
-    "(min lo, max hi), not the bytes the arrays actually view, so interleaved arrays that "
-    "share no byte are refused",
-)
 def test_interleaved_views_of_different_dtypes_that_share_no_byte_are_fine():
     f = np.arange(16, dtype=np.float32)
     evens = f[::2]
@@ -784,3 +778,13 @@ def test_torch_sees_one_storage_where_numpy_viewed_one_base(arrays):
     assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
     for t, a in zip(tensors, arrays):
         assert t.stride() == tuple(s // a.itemsize for s in a.strides)
+
+
+def test_views_through_a_memoryview_share_memory_and_conflict():
+    """np.asarray(memoryview(x)) views x's memory: sharing and the dtype check both see it."""
+    x = np.arange(6, dtype=np.float32)
+    y = np.asarray(memoryview(x))[2:]
+    out = load_bytes(save_bytes([x, y]))
+    assert np.shares_memory(out[0], out[1])
+    with pytest.raises(ValueError, match="Cannot save multiple arrays or storages"):
+        save_bytes([x, np.asarray(memoryview(x)).view(np.uint8)])

@@ -52,8 +52,13 @@ class NumpyBackend:
         wrapper ``np.lib.stride_tricks.as_strided`` puts between an array and its base.
         """
         owner: object = array
-        while isinstance(owner, np.ndarray) or hasattr(owner, "__array_interface__"):
-            base = getattr(owner, "base", None)
+        while True:
+            if isinstance(owner, np.ndarray) or hasattr(owner, "__array_interface__"):
+                base = getattr(owner, "base", None)
+            elif isinstance(owner, memoryview):
+                base = owner.obj  # np.asarray(memoryview(x)) views x's memory
+            else:
+                break
             if base is None:
                 break
             owner = base

@@ -205,15 +205,23 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _check_dtype_conflicts(groups: list[_Group]) -> None:
-    """Raise when two dtypes view overlapping bytes of one owner."""
-    spans = [
-        (min(m.lo for m in g.members), max(m.hi for m in g.members), g.dtype)
-        for g in groups
-    ]
-    for i, (lo_a, hi_a, dt_a) in enumerate(spans):
-        for lo_b, hi_b, dt_b in spans[i + 1 :]:
-            if lo_a < hi_b and lo_b < hi_a and dt_a.name != dt_b.name:
-                raise ValueError(
-                    f"{DTYPE_CONFLICT_MESSAGE} ({dt_a.name} and {dt_b.name} over the same "
-                    f"memory). Save a copy of one of them (array.copy()) to store both."
-                )
+    """Raise when two arrays of different dtypes view overlapping bytes of one owner."""
+    for i, group in enumerate(groups):
+        for other in groups[i + 1 :]:
+            if group.dtype.name == other.dtype.name:
+                continue
+            for a in group.members:
+                for b in other.members:
+                    if a.lo < b.hi and b.lo < a.hi and _really_overlap(a.array, b.array):
+                        raise ValueError(
+                            f"{DTYPE_CONFLICT_MESSAGE} ({group.dtype.name} and {other.dtype.name} "
+                            f"over the same memory). Save a copy of one of them (array.copy()) to "
+                            f"store both."
+                        )
+
+
+def _really_overlap(a: Any, b: Any) -> bool:
+    """Whether two arrays with overlapping extents share a byte (interleaved views may not)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.shares_memory(a, b))
+    return True
