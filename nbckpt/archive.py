@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import api
+from .backends import device_scope
 from .devices import DeviceMap
 from .errors import FormatError
 from .format import dtypes as torch_dtypes
@@ -196,7 +197,7 @@ class Archive:
         self._by_name: dict[str, Record] = {}
         for record in records:
             self._by_name.setdefault(record.name, record)
-        self._storage_roots: dict[str, tuple[Any, np.dtype]] = {}
+        self._storage_roots: dict[str, tuple[Any, np.dtype, int]] = {}
         self._storage_backends: dict[str, Any] = {}
         self._materializer: ZipMaterializer | None = None
 
@@ -290,8 +291,10 @@ class Archive:
                 array = backend.empty(ref.dtype, ref.shape)
             else:
                 array = backend.view(storage, ref.dtype, ref.offset, ref.shape, ref.strides)
-        for transform in ref.transforms:
-            array = array.conj() if transform == "conj" else -array
+        if ref.transforms:
+            with device_scope(array):
+                for transform in ref.transforms:
+                    array = array.conj() if transform == "conj" else -array
         return array
 
     def _storage_reader(self) -> ZipMaterializer:
@@ -306,17 +309,17 @@ class Archive:
 
     # Storages already read are reused while any array from them is alive, so
     # arrays asked for one by one share memory as they did in the file. Arrays
-    # keep only the root buffer of their storage alive (NumPy collapses base
-    # chains), so the cache holds a weak reference to that root.
+    # keep only the root of their storage's memory alive (NumPy collapses base
+    # chains; CuPy views hold the allocation), so the cache holds a weak
+    # reference to that root and rebuilds the storage from it.
 
     def _remember_storage(self, key: str, storage: Any, backend: Any) -> None:
-        root = storage
-        while isinstance(getattr(root, "base", None), type(root)):
-            root = root.base
+        root = backend.root(storage)
         try:
-            self._storage_roots[key] = (weakref.ref(root), storage.dtype)
-        except TypeError:  # an array type without weak references: keep it alive
-            self._storage_roots[key] = (lambda root=root: root, storage.dtype)
+            reference = weakref.ref(root)
+        except TypeError:  # a memory object without weak references: keep it alive
+            reference = lambda root=root: root  # noqa: E731
+        self._storage_roots[key] = (reference, storage.dtype, storage.nbytes)
         self._storage_backends[key] = backend
 
     def _cached_storage(self, key: str) -> Any:
@@ -327,7 +330,7 @@ class Archive:
         if root is None:
             del self._storage_roots[key]
             return None
-        return root if root.dtype == entry[1] else root.view(entry[1])
+        return self._storage_backends[key].storage_from_root(root, entry[1], entry[2])
 
     # -- display -------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import HOST, backend_for
+from .backends import HOST, backend_for, device_scope, device_supports
 from .devices import DeviceMap, canonical_tag
 from .errors import DeviceError, FormatError
 from .format import dtypes as torch_dtypes
@@ -32,9 +32,10 @@ def swap_bytes(raw: Any, unit: int) -> None:
         return
     if isinstance(raw, np.ndarray):
         raw.view(f"u{unit}").byteswap(inplace=True)
-    else:  # a CuPy array: the same, written with indexing CuPy supports
-        pairs = raw.reshape(-1, unit)
-        pairs[...] = pairs[:, ::-1].copy()
+    else:  # a CuPy array: the same, written with indexing CuPy supports, on its GPU
+        with device_scope(raw):
+            pairs = raw.reshape(-1, unit)
+            pairs[...] = pairs[:, ::-1].copy()
 
 
 def _swap_unit(dtype: np.dtype) -> int:
@@ -119,8 +120,6 @@ class ZipMaterializer:
             if self._swap and dtype.itemsize > 1 and not self._skip_data:
                 swap_bytes(host, _swap_unit(dtype.numpy))
             storage = backend.from_host(host.view(dtype.numpy))
-        if backend is not HOST and dtype.numpy.kind not in "biufc":
-            self.raw_dtypes.add(dtype.name)
         self._backends[id(storage)] = backend
         if self._swap and untyped:
             # Element size of an UntypedStorage is known only at its first view.
@@ -133,10 +132,20 @@ class ZipMaterializer:
             del self._pending_swap[id(storage)]
             if not self._skip_data:
                 swap_bytes(_flat_bytes(storage), _swap_unit(dtype))
-        return self._backends[id(storage)].view(storage, dtype, offset, shape, strides)
+        backend = self._backends[id(storage)]
+        self._note_raw(backend, dtype)
+        return backend.view(storage, dtype, offset, shape, strides)
 
     def empty(self, storage: Any, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
-        return self._backends[id(storage)].empty(dtype, shape)
+        backend = self._backends[id(storage)]
+        self._note_raw(backend, dtype)
+        return backend.empty(dtype, shape)
+
+    def _note_raw(self, backend: Any, dtype: np.dtype) -> None:
+        """Remember dtypes a GPU can only hold as raw bits (for one warning per load)."""
+        if backend is not HOST and not device_supports(dtype):
+            tdtype = torch_dtypes.for_numpy(dtype)
+            self.raw_dtypes.add(tdtype.name if tdtype else str(dtype))
 
     def backend_of(self, storage: Any) -> Any:
         """The backend holding a storage this materializer made."""

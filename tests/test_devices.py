@@ -306,10 +306,6 @@ def test_archive_reads_single_arrays_onto_gpu1(fake_cupy):
     assert_on_gpu(fake_cupy, whole, dict.fromkeys(EXPECTED, 1))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Archive keeps read storages in a WeakValueDictionary, but a CuPy "
-                   "view made with cupy.ndarray(memptr=...) does not reference its storage array: on a GPU the "
-                   "storage is dropped at once, so each archive[name] reads and allocates it again and arrays "
-                   "of one storage do not share device memory (they do on the host)")
 def test_archive_arrays_of_one_storage_share_gpu_memory(fake_cupy):
     data = gpu_file(fake_cupy)
     with nbckpt.open(io.BytesIO(data), map_location="cuda:1") as archive:
@@ -350,9 +346,6 @@ def big_endian(*dtypes):
     return edit
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the byte swap of an UntypedStorage (uint16, bfloat16...) read "
-                   "from a big-endian file runs outside cupy.cuda.Device(N) (materialize.swap_bytes from "
-                   "ZipMaterializer.view): its temporary copy is allocated on the current GPU, not on cuda:N")
 def test_big_endian_untyped_storage_is_swapped_on_its_gpu(fake_cupy):
     values = np.arange(6, dtype=np.uint16) * 257 + 1
     with fake_cupy.cuda.Device(1):
@@ -474,9 +467,6 @@ def test_bfloat16_and_float8_arrays_hold_raw_bits_on_gpus(fake_cupy):
 
 
 @pytest.mark.parametrize("how", ["load", "archive"])
-@pytest.mark.xfail(strict=True, reason="BUG: conj()/neg views (torch math bits) are materialized outside "
-                   "cupy.cuda.Device(N) (rebuild._apply_math_bits, Archive._materialize): on cuda:1 they "
-                   "are computed and allocated on the current GPU 0 and come back on cuda:0")
 def test_conj_and_neg_views_stay_on_the_target_gpu(fake_cupy, how):
     z = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
     data = relocate(torch_bytes({"conj": z.conj(), "neg": z._neg_view(), "both": z.conj()._neg_view()}), "cuda:0")
@@ -492,9 +482,6 @@ def test_conj_and_neg_views_stay_on_the_target_gpu(fake_cupy, how):
     assert fake_cupy._allocations[0] == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the raw-bits warning is built from the *storage* dtype "
-                   "(ZipMaterializer.storage), but float8 and complex32 tensors are saved on an UntypedStorage "
-                   "(uint8), so they silently load as raw unsigned ints on a GPU with no warning")
 def test_every_dtype_left_as_raw_bits_is_named_in_the_warning(fake_cupy):
     tensors = {"f8": torch.zeros(4, dtype=torch.float8_e4m3fn), "c32": torch.zeros(4, dtype=torch.float16).view(torch.complex32)[:2]}
     data = relocate(torch_bytes(tensors), "cuda:0")
@@ -507,9 +494,6 @@ def test_every_dtype_left_as_raw_bits_is_named_in_the_warning(fake_cupy):
     assert "float8_e4m3fn" in raw_warnings[0] and "complex32" in raw_warnings[0], raw_warnings
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: backends/cupy._cupy_supports tests dtype.kind in 'biufc', but "
-                   "ml_dtypes gives float8_e5m2 kind 'f': it reaches CuPy as a float8_e5m2 array instead of "
-                   "raw uint8 bits (CuPy cannot compute with it), and materialize's raw_dtypes misses it too")
 def test_float8_e5m2_holds_raw_bits_on_gpus(fake_cupy):
     tensor = torch.tensor([0.5, -2.0, 3.0]).to(torch.float8_e5m2)
     data = relocate(torch_bytes({"x": tensor}), "cuda:0")

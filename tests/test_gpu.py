@@ -240,8 +240,6 @@ def test_bfloat16_and_float8_hold_raw_bits_on_the_gpu():
     assert out["bf16_T"].data.mem is out["bf16"].data.mem
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ml_dtypes' float8_e5m2 has kind 'f', so backends/cupy._cupy_supports "
-                   "lets it reach CuPy as a typed array instead of raw uint8 bits")
 def test_float8_e5m2_holds_raw_bits_on_the_gpu():
     tensor = torch.tensor([0.5, -2.0, 3.0]).to(torch.float8_e5m2)
     out = load(relocate(torch_bytes({"x": tensor}), "cuda:0"))["x"]
@@ -250,8 +248,6 @@ def test_float8_e5m2_holds_raw_bits_on_the_gpu():
 
 
 @two_gpus
-@pytest.mark.xfail(strict=True, reason="BUG: conj/neg views (torch math bits) are materialized outside "
-                   "cupy.cuda.Device(N): loading to cuda:1 computes them on the current GPU 0")
 def test_conj_and_neg_views_stay_on_the_target_gpu():
     z = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
     data = relocate(torch_bytes({"conj": z.conj(), "neg": z._neg_view()}), "cuda:0")

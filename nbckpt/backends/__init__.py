@@ -7,12 +7,16 @@ imported on first use, never by ``import nbckpt``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+
+import numpy as np
 
 from ..errors import DeviceError
 from .numpy import NumpyBackend
 
-__all__ = ["NumpyBackend", "backend_for", "backend_of", "gpu_count", "is_cupy_array", "HOST"]
+__all__ = ["NumpyBackend", "backend_for", "backend_of", "gpu_count", "is_cupy_array", "device_scope",
+           "device_supports", "HOST"]
 
 HOST = NumpyBackend()
 
@@ -63,3 +67,20 @@ def backend_of(array: object):
 
         return cupy_backend(f"cuda:{array.device.id}")  # type: ignore[attr-defined]
     return HOST
+
+
+def device_scope(array: object):
+    """A context in which new memory lands where ``array`` lives (CuPy's Device(N))."""
+    if is_cupy_array(array):
+        cupy = _cupy_module()
+        return cupy.cuda.Device(array.device.id)  # type: ignore[attr-defined, union-attr]
+    return contextlib.nullcontext()
+
+
+def device_supports(dtype: np.dtype) -> bool:
+    """Whether CuPy can hold ``dtype`` as such: NumPy's own numeric types only.
+
+    ml_dtypes' bfloat16 and float8 are user-defined NumPy types (``isbuiltin`` 2,
+    some of kind 'f'), and complex32 is structured: CuPy has none of them.
+    """
+    return dtype.isbuiltin == 1 and dtype.kind in "biufc"

@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from ..errors import DeviceError
-from . import _cupy_module, gpu_count
+from . import _cupy_module, device_supports, gpu_count
 
 __all__ = ["CupyBackend", "cupy_backend"]
 
@@ -72,7 +72,7 @@ class CupyBackend:
         with cupy.cuda.Device(self.index):
             raw = cupy.empty(host.nbytes, dtype=np.uint8)
             raw.set(host.view(np.uint8))
-            return raw.view(host.dtype) if _cupy_supports(host.dtype) else raw
+            return raw.view(host.dtype) if device_supports(host.dtype) else raw
 
     def view(self, storage, dtype: np.dtype, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...]):
@@ -107,18 +107,24 @@ class CupyBackend:
         with self._cupy.cuda.Device(self.index):
             return self._cupy.ascontiguousarray(array, dtype=dtype).reshape(-1)
 
+    def root(self, storage):
+        """What keeps a storage's memory alive: views made with ``memptr`` hold only it."""
+        return storage.data.mem
+
+    def storage_from_root(self, root, dtype: np.dtype, nbytes: int):
+        cupy = self._cupy
+        with cupy.cuda.Device(self.index):
+            raw = cupy.ndarray((nbytes,), dtype=np.uint8, memptr=cupy.cuda.MemoryPointer(root, 0))
+            return raw.view(dtype) if dtype != np.uint8 else raw
+
     def to_host(self, array) -> np.ndarray:
         """Copy a device storage to host memory once, for writing."""
         with self._cupy.cuda.Device(self.index):
             return array.get()
 
 
-def _cupy_supports(dtype: np.dtype) -> bool:
-    return dtype.kind in "biufc" and dtype.fields is None
-
-
 def _device_dtype(dtype: np.dtype) -> np.dtype:
     """CuPy has no bfloat16/float8: such arrays hold their raw bits on the GPU."""
-    if _cupy_supports(dtype):
+    if device_supports(dtype):
         return dtype
     return np.dtype(f"u{dtype.itemsize}")

@@ -85,3 +85,13 @@ class NumpyBackend:
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array
+
+    def root(self, storage: np.ndarray) -> np.ndarray:
+        """What keeps a storage's memory alive: NumPy views reference the root array."""
+        root = storage
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        return root
+
+    def storage_from_root(self, root: np.ndarray, dtype: np.dtype, nbytes: int) -> np.ndarray:
+        return root if root.dtype == dtype else root.view(np.uint8)[:nbytes].view(dtype)

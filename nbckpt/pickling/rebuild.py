@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import contextlib
+import importlib
 import math
 from typing import Any, Callable
 
@@ -534,11 +536,19 @@ def _apply_math_bits(array: Any, metadata: Any) -> Any:
         return array
     if not isinstance(metadata, dict) or not set(metadata) <= {"conj", "neg"}:
         raise FormatError(f"unknown tensor metadata {metadata!r}")
-    if metadata.get("conj"):
-        array = array.conj()
-    if metadata.get("neg"):
-        array = -array
+    with _device_scope(array):  # a GPU array's result stays on its GPU
+        if metadata.get("conj"):
+            array = array.conj()
+        if metadata.get("neg"):
+            array = -array
     return array
+
+
+def _device_scope(array: Any) -> Any:
+    """CuPy's ``Device(N)`` for an array on GPU N (CuPy is imported only if it is one)."""
+    if type(array).__module__.startswith("cupy"):
+        return importlib.import_module("cupy").cuda.Device(array.device.id)
+    return contextlib.nullcontext()
 
 
 def _numeric_dtype(name: Any) -> np.dtype:
