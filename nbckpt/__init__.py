@@ -8,12 +8,13 @@
     (2, 2)
 """
 
-from .api import load, save
+from .api import load, save, scan
 from .archive import Archive, ArchiveInfo, Record, open
 from .config import LoadEndianness, get_default_load_endianness, set_default_load_endianness
 from .devices import devices
 from .errors import CheckpointError, DeviceError, FormatError, UnpicklingError
 from .format.dtypes import complex32
+from .meta import MetaArray
 from .pickling.allowlist import (
     add_safe_globals,
     clear_safe_globals,
@@ -26,6 +27,7 @@ __all__ = [
     "save",
     "load",
     "open",
+    "scan",
     "Archive",
     "ArchiveInfo",
     "Record",
@@ -39,6 +41,7 @@ __all__ = [
     "get_safe_globals_names",
     "clear_safe_globals",
     "complex32",
+    "MetaArray",
     "CheckpointError",
     "FormatError",
     "UnpicklingError",

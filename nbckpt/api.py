@@ -17,10 +17,11 @@ from . import legacy_loader
 from .materialize import ZipMaterializer, ZipSource
 from .pickling.rebuild import Rebuilder
 from .pickling.run import run_unpickler
+from .pickling.scan import GlobalRef, scan_pickle
 from .pickling.writer import CheckpointPickler, SavePlan
 from .sources import archive_prefix, atomic_write, check_writable, is_path, open_source
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "scan"]
 
 
 
@@ -173,3 +174,34 @@ def map_file(stream, access: int | None):
     mapped = mmap_module.mmap(stream.fileno(), 0, access=access)
     yield mapped
     # Arrays keep the mapping alive through their buffers; it closes when they go.
+
+
+def scan(f: Any) -> list[GlobalRef]:
+    """The globals a checkpoint's pickle names, each marked allowed or not; nothing runs.
+
+    Use it to see everything a ``weights_only`` load would refuse, at once:
+
+        >>> import io, collections, nbckpt
+        >>> buf = io.BytesIO()
+        >>> nbckpt.save(collections.OrderedDict(a=1), buf)
+        >>> _ = buf.seek(0)
+        >>> [(g.name, g.allowed) for g in nbckpt.scan(buf)]
+        [('collections.OrderedDict', True)]
+    """
+    with open_source(f) as (stream, _path):
+        start = stream.tell()
+        magic = stream.read(4)
+        stream.seek(start)
+        if magic == spec.LOCAL_MAGIC:
+            checkpoint = open_zip_checkpoint(stream)
+            pickles = [checkpoint.data_pkl]
+            stream.seek(checkpoint.reader.end)
+        elif legacy_format.is_tar(stream):
+            pickles = legacy_loader.tar_pickles(stream)
+        else:
+            pickles = legacy_loader.stream_pickles(stream)
+    found: dict[str, GlobalRef] = {}
+    for data in pickles:
+        for ref in scan_pickle(data):
+            found.setdefault(ref.name, ref)
+    return list(found.values())

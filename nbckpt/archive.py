@@ -33,6 +33,7 @@ from .errors import FormatError
 from .format import dtypes as torch_dtypes
 from .format.checkpoint import ZipCheckpoint, open_zip_checkpoint
 from .materialize import ZipMaterializer, ZipSource
+from .meta import MetaArray
 from .pickling import scan
 from .pickling.rebuild import Rebuilder
 from .pickling.unpickler import FullUnpickler, SafeUnpickler
@@ -144,6 +145,24 @@ class _RecordingMaterializer:
 
     def empty(self, storage: _StorageRef, dtype: np.dtype, shape: tuple[int, ...]) -> _ArrayRef:
         return _ArrayRef(storage, dtype, 0, shape, None)
+
+    def sparse(self, layout: str, parts: Any) -> dict:
+        """A sparse tensor is listed as its parts (``name.values``...)."""
+        names = _SPARSE_PART_NAMES.get(layout, ())
+        if not isinstance(parts, tuple) or len(parts) < len(names):
+            raise FormatError(f"sparse tensor data of layout {layout} has the wrong form")
+        described = {"layout": layout}
+        described.update(zip(names, parts))
+        return described
+
+
+_SPARSE_PART_NAMES = {
+    "sparse_coo": ("indices", "values", "size"),
+    "sparse_csr": ("crow_indices", "col_indices", "values", "size"),
+    "sparse_csc": ("ccol_indices", "row_indices", "values", "size"),
+    "sparse_bsr": ("crow_indices", "col_indices", "values", "size"),
+    "sparse_bsc": ("ccol_indices", "row_indices", "values", "size"),
+}
 
 
 def open(f: Any, *, map_location: Any = None, weights_only: bool = True,
@@ -273,7 +292,9 @@ class Archive:
             return api.unpickle(self._checkpoint.data_pkl, materializer, weights_only=self._weights_only,
                                 encoding="utf-8")
 
-    def _materialize(self, ref: _ArrayRef) -> Any:
+    def _materialize(self, ref: _ArrayRef | MetaArray) -> Any:
+        if isinstance(ref, MetaArray):
+            return ref
         materializer = self._storage_reader()
         sref = ref.storage
         storage = self._cached_storage(sref.key)
@@ -357,7 +378,7 @@ def _holders_of_arrays(tree: Any) -> set[int]:
             continue
         children = list(obj.values()) if isinstance(obj, dict) else list(obj)
         if expanded:
-            if any(isinstance(c, _ArrayRef) or id(c) in holders for c in children):
+            if any(isinstance(c, (_ArrayRef, MetaArray)) or id(c) in holders for c in children):
                 holders.add(id(obj))
             continue
         if id(obj) in visited or depth >= _MAX_DEPTH:
@@ -377,7 +398,7 @@ def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
     holds_arrays = _holders_of_arrays(tree)
     while stack:
         path, obj, depth = stack.pop()
-        if isinstance(obj, _ArrayRef):
+        if isinstance(obj, (_ArrayRef, MetaArray)):
             found.append((path, obj))
             continue
         # Containers without arrays (hyper-parameters, betas...) are one value each.
@@ -395,9 +416,14 @@ def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
     for path, ref in found:
         name = ".".join(_format_key(k) for k in path)
         names.append(name)
-        by_storage.setdefault(ref.storage.key, []).append(name)
+        if isinstance(ref, _ArrayRef):
+            by_storage.setdefault(ref.storage.key, []).append(name)
     records = []
     for (path, ref), name in zip(found, names):
+        if isinstance(ref, MetaArray):
+            records.append(Record(name=name, path=path, shape=ref.shape, dtype=ref.dtype, location="meta",
+                                  nbytes=ref.nbytes, storage="", offset=0, strides=ref.strides))
+            continue
         itemsize = ref.dtype.itemsize
         size = int(np.prod(ref.shape, dtype=np.int64)) if ref.shape else 1
         records.append(Record(

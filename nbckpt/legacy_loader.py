@@ -27,7 +27,7 @@ from .materialize import ZipMaterializer
 from .pickling.rebuild import Rebuilder, _ascii
 from .pickling.run import run_unpickler
 
-__all__ = ["load_stream", "load_tar"]
+__all__ = ["load_stream", "load_tar", "stream_pickles", "tar_pickles"]
 
 
 class _Stub:
@@ -63,6 +63,9 @@ class _StorageRecorder:
         return _Stub()
 
     def empty(self, *args: Any) -> _Stub:
+        return _Stub()
+
+    def sparse(self, *args: Any) -> _Stub:
         return _Stub()
 
 
@@ -264,3 +267,20 @@ def _member_pickle(member, end: int, what: str, *, weights_only: bool, encoding:
     data = spec.read_pickle_bytes(member, end, what)
     return run_unpickler(data, Rebuilder(_StorageRecorder(), legacy=True), weights_only=weights_only,
                          encoding=encoding)
+
+
+def stream_pickles(stream) -> list[bytes]:
+    """The pickles of a pre-1.6 checkpoint (header, object, keys), read without running them."""
+    end = _stream_end(stream)
+    names = ("magic number", "protocol version", "system information", "object pickle", "storage keys")
+    return [spec.read_pickle_bytes(stream, end, name) for name in names]
+
+
+def tar_pickles(stream) -> list[bytes]:
+    """The object pickle of a 0.1–0.3 tar checkpoint, read without running it."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r:") as tar:
+            member = tar.getmember("pickle")
+            return [spec.read_pickle_bytes(tar.extractfile(member), member.size, "object pickle")]
+    except (tarfile.TarError, KeyError) as err:
+        raise FormatError(f"corrupt legacy tar checkpoint: {err}") from None

@@ -162,6 +162,8 @@ class Rebuilder:
                             "_rebuild_mtia_tensor"):
             call(f"torch._utils.{unsupported}", _unsupported_rebuild(unsupported))
         call("torch.serialization._get_layout", self.get_layout)
+        call("torch._utils._rebuild_sparse_tensor", self.rebuild_sparse_tensor)
+        call("torch._utils._rebuild_meta_tensor_no_storage", self.rebuild_meta_tensor_no_storage)
         call("torch.Size", self.torch_size)
         call("torch.device", self.torch_device)
         parameter = self.parameter
@@ -396,6 +398,30 @@ class Rebuilder:
                                               requires_grad: Any) -> Any:
         """A tensor of a storage-less backend (XLA...): its host copy is returned."""
         return data
+
+    def rebuild_sparse_tensor(self, layout: Any, data: Any) -> Any:
+        """``torch._utils._rebuild_sparse_tensor``: a scipy.sparse array, invariants checked."""
+        name = layout.name.removeprefix("torch.") if isinstance(layout, TorchMarker) else None
+        if name not in _SPARSE_LAYOUTS:
+            raise FormatError(f"_rebuild_sparse_tensor needs a sparse layout, got {layout!r}")
+        describe = getattr(self._materializer, "sparse", None)
+        if describe is not None:  # a lazy listing: describe the parts, build nothing
+            return describe(name, data)
+        from .. import sparse  # scipy is imported there, only when a file has sparse tensors
+
+        return sparse.from_torch_parts(name, data)
+
+    def rebuild_meta_tensor_no_storage(self, dtype: Any, size: Any, stride: Any,
+                                       requires_grad: Any = False) -> Any:
+        """A tensor on torch's meta device: shape and dtype, no data."""
+        from ..meta import MetaArray
+
+        if not isinstance(dtype, np.dtype) or torch_dtypes.for_numpy(dtype) is None:
+            raise FormatError(f"a meta tensor needs a torch dtype, got {dtype!r}")
+        shape, strides = _int_tuple(size, "meta tensor size"), _int_tuple(stride, "meta tensor stride")
+        if len(shape) != len(strides):
+            raise FormatError(f"meta tensor size {shape} and stride {strides} have different lengths")
+        return MetaArray(shape, dtype, strides)
 
     def legacy_tensor(self, *args: Any) -> Any:
         """``torch.Tensor()`` followed by BUILD (storage, offset, size, stride)."""

@@ -30,13 +30,16 @@ import numpy as np
 
 from ..backends import is_cupy_array
 from ..format import dtypes as torch_dtypes
+from ..meta import MetaArray
+from ..sparse import SparseParts, is_sparse, to_torch_parts
 from .storages import PlannedStorage, PlannedView, StoragePlanner
 
 __all__ = ["SavePlan", "CheckpointPickler", "UNSUPPORTED_HINT"]
 
 UNSUPPORTED_HINT = (
-    "nbckpt saves NumPy arrays and scalars, dict, OrderedDict, list, tuple, "
-    "namedtuple, set, str, bytes, bytearray, int, float, complex, bool and None"
+    "nbckpt saves NumPy and CuPy arrays, NumPy scalars, scipy.sparse arrays, "
+    "nbckpt.MetaArray, dict, OrderedDict, list, tuple, namedtuple, set, str, bytes, "
+    "bytearray, int, float, complex, bool and None"
 )
 
 # Opcodes of pickle protocol 2 (names as in the pickle module).
@@ -75,6 +78,7 @@ class SavePlan:
     root: object
     planner: StoragePlanner
     scalars: dict[int, np.ndarray] = field(default_factory=dict)
+    sparse: dict[int, "SparseParts"] = field(default_factory=dict)
 
     @classmethod
     def build(cls, obj) -> "SavePlan":
@@ -110,6 +114,16 @@ class SavePlan:
             return
         if is_cupy_array(obj):
             self._add_array(obj, path)
+            return
+        if isinstance(obj, MetaArray):
+            if torch_dtypes.for_numpy(obj.dtype) is None:
+                raise TypeError(f"cannot save the meta array at {path}: dtype {obj.dtype} has no torch equivalent")
+            return
+        if is_sparse(obj):
+            if id(obj) not in self.sparse:
+                self.sparse[id(obj)] = parts = to_torch_parts(obj)
+                for i, array in enumerate(parts.arrays):
+                    self._add_array(array, f"{path}<{parts.layout} part {i}>")
             return
         if t in (dict, OrderedDict, list, tuple, set) or _is_namedtuple(obj):
             if id(obj) in active:
@@ -269,6 +283,15 @@ class CheckpointPickler:
             self._put(obj)
         elif isinstance(obj, np.dtype):
             self._save_global(_Global("torch", torch_dtypes.for_numpy(obj).name))
+        elif t is MetaArray:
+            self._save_global(_Global("torch._utils", "_rebuild_meta_tensor_no_storage"))
+            self._save((obj.dtype, obj.shape, obj.strides, False))
+            self._out.append(REDUCE)
+            self._put(obj)
+        elif id(obj) in self._plan.sparse:
+            self._save_sparse(obj, self._plan.sparse[id(obj)])
+        elif t is _TorchSize:
+            self._save_reduce(_Global("torch", "Size"), (tuple(obj),), obj)
         else:  # SavePlan.build rejects everything else first
             raise TypeError(f"cannot pickle {t.__qualname__}")
 
@@ -348,6 +371,19 @@ class CheckpointPickler:
                     self._save(value)
                 self._out.append(SETITEMS)
 
+    def _save_sparse(self, obj, parts: "SparseParts") -> None:
+        """``_rebuild_sparse_tensor(_get_layout('torch.sparse_csr'), (parts..., size))``."""
+        self._save_global(_Global("torch._utils", "_rebuild_sparse_tensor"))
+        self._save_reduce(_Global("torch.serialization", "_get_layout"), (f"torch.{parts.layout}",), _Layout())
+        data = parts.arrays + (_TorchSize(parts.size),)
+        if parts.is_coalesced is not None:
+            data += (parts.is_coalesced,)
+        self._save(data)
+        self._out.append(TUPLE2)
+        self._put(parts)
+        self._out.append(REDUCE)
+        self._put(obj)
+
     def _save_array(self, array, *, memo_as=None) -> None:
         view = self._plan.view_of(array)
         dtype = view.storage.dtype
@@ -381,3 +417,11 @@ class _Global:
 
 class _EmptyHooks:
     """Stands for the empty ``OrderedDict()`` of backward hooks in each array."""
+
+
+class _Layout:
+    """Stands for the layout object ``_get_layout`` returns."""
+
+
+class _TorchSize(tuple):
+    """A size written as ``torch.Size`` (sparse tensors need one)."""
