@@ -174,6 +174,8 @@ def from_torch_parts(layout: str, parts: Any, size: Any = None) -> Any:
         _require(len(parts) in (3, 4), f"COO data must be (indices, values, size[, is_coalesced]), got {len(parts)} items")
         indices, values, size = parts[:3]
         coalesced = parts[3] if len(parts) == 4 else None
+        _require(getattr(values, "ndim", 1) == 1,
+                 f"values with extra dense dimensions (shape {values.shape}) cannot be held by scipy")
         size = _check_size(size)
         _check_coo(indices, values, size, coalesced)
         module = _scipy_sparse(on_device)
