@@ -15,6 +15,7 @@ from .devices import devices
 from .errors import CheckpointError, DeviceError, FormatError, UnpicklingError
 from .format.dtypes import complex32
 from .meta import MetaArray
+from .verify import Problem, VerifyReport, verify
 from .pickling.allowlist import (
     add_safe_globals,
     clear_safe_globals,
@@ -28,6 +29,9 @@ __all__ = [
     "load",
     "open",
     "scan",
+    "verify",
+    "VerifyReport",
+    "Problem",
     "Archive",
     "ArchiveInfo",
     "Record",

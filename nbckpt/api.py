@@ -87,6 +87,7 @@ def load(
     mmap: bool | str = False,
     skip_data: bool = False,
     encoding: str = "utf-8",
+    verify: bool = False,
 ) -> Any:
     """Load a checkpoint written by ``torch.save`` or :func:`nbckpt.save`.
 
@@ -104,7 +105,9 @@ def load(
     (or ``"r"``) maps host arrays read-only from the file, ``"c"``
     copy-on-write (writable; the file never changes); it needs a path.
     ``skip_data=True`` builds every array with its shape and dtype but reads no
-    storage byte (the values are undefined).
+    storage byte (the values are undefined). ``verify=True`` checks every zip
+    record's CRC-32 as it is read (a corrupt record raises FormatError); torch
+    never checks them.
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
@@ -125,9 +128,9 @@ def load(
         magic = stream.read(4)
         stream.seek(start)
         if magic == spec.LOCAL_MAGIC:
-            checkpoint = open_zip_checkpoint(stream)
+            checkpoint = open_zip_checkpoint(stream, verify=verify)
             with map_file(stream, access) as mapped:
-                source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data)
+                source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data, verify=verify)
                 materializer = ZipMaterializer(source, device_map, byteorder=checkpoint.byteorder,
                                                skip_data=skip_data)
                 result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,
@@ -143,7 +146,8 @@ def load(
                 "with nbckpt.save to get a zip checkpoint."
             )
         if legacy_format.is_tar(stream):
-            return legacy_loader.load_tar(stream, device_map, weights_only=weights_only, encoding=encoding)
+            return legacy_loader.load_tar(stream, device_map, weights_only=weights_only, encoding=encoding,
+                                          skip_data=skip_data)
         return legacy_loader.load_stream(stream, device_map, weights_only=weights_only,
                                          encoding=encoding, skip_data=skip_data)
 

@@ -277,6 +277,17 @@ class Archive:
             globals=tuple(scan.scan_pickle(checkpoint.data_pkl)),
         )
 
+    def verify(self) -> "VerifyReport":
+        """Check the archive's records (CRC-32s, sizes, pickle, views): see :func:`nbckpt.verify`."""
+        from .verify import verify
+
+        here = self._stream.tell()
+        self._stream.seek(self._checkpoint.reader.start)
+        try:
+            return verify(self._stream)
+        finally:
+            self._stream.seek(here)
+
     # -- loading ---------------------------------------------------------------------------------
 
     def __getitem__(self, name: str | tuple) -> Any:

@@ -4,25 +4,27 @@ Both go through the same unpicklers as the zip format, so ``weights_only=True``
 applies the same allowlist (torch refuses ``weights_only`` for tar files; nbckpt
 loads them safely).
 
-The stream format stores the storages *after* the pickle that uses them, and
-their sizes are counted in elements of a dtype only that pickle names. So the
-pickle is run twice: once to record which storages it needs (nothing is read,
-nothing placed), then — after each storage's bytes were read straight into
-host buffers, in file order — once more over the real storages.
+The stream format stores the storages *after* the pickle that uses them. As in
+torch, each storage is allocated on its target device when the pickle names it,
+the arrays are built over it, and the bytes are read into it afterwards, in file
+order (through pinned host memory for a GPU). Values derived from the data
+(torch's conj/neg views) are computed once the data is in.
 """
 
 from __future__ import annotations
 
 import sys
 import tarfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from .backends import HOST, backend_of
 from .devices import DeviceMap
-from .errors import FormatError
+from .errors import DeviceError, FormatError, UnpicklingError
 from .format import dtypes as torch_dtypes
 from .format import legacy as spec
+from .format.container import readinto_exact
 from .materialize import ZipMaterializer
 from .pickling.rebuild import Rebuilder, _ascii
 from .pickling.run import run_unpickler
@@ -30,65 +32,144 @@ from .pickling.run import run_unpickler
 __all__ = ["load_stream", "load_tar", "stream_pickles", "tar_pickles"]
 
 
-class _Stub:
-    """A storage or array of the first pass: shape only, no data."""
+class _NoSource:
+    """Legacy storages have no records to read when the pickle names them."""
 
-    __slots__ = ("nbytes",)
-
-    def __init__(self, nbytes: int = 0) -> None:
-        self.nbytes = nbytes
-
-    def conj(self) -> "_Stub":
-        return self
-
-    def __neg__(self) -> "_Stub":
-        return self
+    def size(self, key: str) -> int:  # pragma: no cover - never asked
+        raise AssertionError(key)
 
 
-class _StorageRecorder:
-    """First pass: remember each root storage the pickle names (dtype, numel, location)."""
+class _FillLaterMaterializer(ZipMaterializer):
+    """Allocates storages when the pickle names them; their bytes come afterwards.
 
-    def __init__(self) -> None:
-        self.roots: dict[str, tuple[torch_dtypes.TorchDtype, int, str]] = {}
+    ``storages`` maps each root key to ``(storage, dtype, numel)``; storage views
+    (``view_metadata``) are slices of their root, and values computed from the
+    data are filled in by :meth:`fill_deferred` once :meth:`fill` has run.
+    """
+
+    def __init__(self, device_map: DeviceMap, budget: int) -> None:
+        super().__init__(_NoSource(), device_map, byteorder="little")
+        self.storages: dict[str, tuple[Any, torch_dtypes.TorchDtype, int]] = {}
+        self._deferred: list[Callable[[], None]] = []
+        self._sparse: dict[int, tuple[_DeferredSparse, Any]] = {}
+        self._budget = budget  # bytes left in the file for storage data
 
     def storage(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
-                untyped: bool = False) -> _Stub:
-        self.roots.setdefault(key, (dtype, numel, location))
-        return _Stub(numel * dtype.itemsize)
-
-    def storage_view(self, root: Any, dtype: Any, offset: int, size: int) -> _Stub:
-        return _Stub(size * dtype.itemsize)
-
-    def view(self, *args: Any) -> _Stub:
-        return _Stub()
-
-    def empty(self, *args: Any) -> _Stub:
-        return _Stub()
-
-    def sparse(self, *args: Any) -> _Stub:
-        return _Stub()
-
-
-class _PreloadedSource:
-    """Second pass: storage bytes already read from the stream, by key."""
-
-    def __init__(self, buffers: dict[str, np.ndarray]) -> None:
-        self._buffers = buffers
-
-    def size(self, key: str) -> int:
-        return self._buffers[key].nbytes
-
-    def host_bytes(self, key: str, nbytes: int, backend: Any, *, mapped_ok: bool) -> np.ndarray:
-        return self._buffers[key]
-
-
-class _LegacyMaterializer(ZipMaterializer):
-    """Places preloaded storages; storage views are slices of their root."""
+                untyped: bool = False) -> Any:
+        nbytes = numel * dtype.itemsize
+        # Storages are allocated before their data is read: refuse sizes the file cannot hold.
+        if nbytes > self._budget:
+            raise FormatError(
+                f"storage {key!r} declares {nbytes} bytes, but only {self._budget} bytes of the file "
+                f"are left for storage data: the file is truncated or lies"
+            )
+        self._budget -= nbytes
+        if self._device_map.mode == "callable":
+            host = np.empty(nbytes, dtype=np.uint8).view(dtype.numpy)
+            result = self._device_map.function(host, location)  # type: ignore[misc]
+            if result is None:
+                backend = self.backend_for_location(location)
+                storage = backend.from_host(host) if backend is not HOST else host
+            else:
+                if getattr(result, "nbytes", None) != nbytes or getattr(result, "ndim", None) != 1:
+                    raise DeviceError(f"map_location function returned {type(result).__name__} for storage "
+                                      f"{key}; it must return a 1-D array of {nbytes} bytes (or None)")
+                storage, backend = result, backend_of(result)
+        else:
+            backend = self.backend_for_location(location)
+            storage = backend.from_host(np.empty(nbytes, dtype=np.uint8).view(dtype.numpy))
+        self._backends[id(storage)] = backend
+        self.storages[key] = (storage, dtype, numel)
+        return storage
 
     def storage_view(self, root: Any, dtype: Any, offset: int, size: int) -> Any:
         view = root[offset : offset + size]
         self._backends[id(view)] = self.backend_of(root)
         return view
+
+    def defer_until_filled(self, array: Any, compute: Callable[[Any], Any]) -> Any:
+        """An array of ``compute(array)``'s shape now; its values once the data is read."""
+        result = compute(array)  # right shape, dtype and device; values come later
+        self._deferred.append(lambda: result.__setitem__(Ellipsis, compute(array)))
+        return result
+
+    def fill(self, key: str, stream, nbytes: int, skip: bool) -> None:
+        storage, _dtype, _numel = self.storages[key]
+        if skip:
+            stream.seek(nbytes, 1)
+            return
+        raw = storage.view(np.uint8) if storage.dtype != np.uint8 else storage
+        if isinstance(raw, np.ndarray):
+            readinto_exact(stream, raw, f"storage {key}")
+            host = raw
+        else:  # a device storage: read into (pinned) host memory, then copy once
+            backend = self.backend_of(storage)
+            make = getattr(backend, "host_buffer", None)
+            host = make(nbytes) if make else np.empty(nbytes, dtype=np.uint8)
+            readinto_exact(stream, host, f"storage {key}")
+        if sys.byteorder == "big" and _dtype.itemsize > 1:  # the format is little-endian
+            host.view(f"u{_dtype.itemsize}").byteswap(inplace=True)
+        if host is not raw:
+            with _device(storage):
+                raw.set(host)
+
+    def defer_sparse(self, layout: str, parts: Any) -> "_DeferredSparse":
+        """Sparse matrices are checked and built once their arrays hold data."""
+        placeholder = _DeferredSparse(layout, parts)
+        self._sparse[id(placeholder)] = (placeholder, None)
+        return placeholder
+
+    def fill_deferred(self, result: Any) -> Any:
+        """Compute what waited for the data; returns ``result`` with sparse matrices in place."""
+        for action in self._deferred:
+            action()
+        self._deferred.clear()
+        if not self._sparse:
+            return result
+        from . import sparse
+
+        built = {key: sparse.from_torch_parts(p.layout, p.parts) for key, (p, _) in self._sparse.items()}
+        return _replace(result, built, {})
+
+    def budget_for(self, nbytes_left: int) -> None:
+        self._budget = nbytes_left
+
+
+class _DeferredSparse:
+    """Stands for a sparse matrix in a legacy file until its arrays are filled."""
+
+    __slots__ = ("layout", "parts")
+
+    def __init__(self, layout: str, parts: Any) -> None:
+        self.layout, self.parts = layout, parts
+
+
+def _replace(obj: Any, built: dict[int, Any], done: dict[int, Any]) -> Any:
+    """``obj`` with every placeholder in ``built`` replaced (containers edited in place)."""
+    if id(obj) in built:
+        return built[id(obj)]
+    if id(obj) in done:
+        return done[id(obj)]
+    if isinstance(obj, dict):
+        done[id(obj)] = obj
+        for key, value in obj.items():
+            obj[key] = _replace(value, built, done)
+    elif isinstance(obj, list):
+        done[id(obj)] = obj
+        obj[:] = [_replace(v, built, done) for v in obj]
+    elif type(obj) is tuple:
+        done[id(obj)] = obj
+        replaced = tuple(_replace(v, built, done) for v in obj)
+        if any(a is not b for a, b in zip(replaced, obj)):
+            done[id(obj)] = replaced
+            return replaced
+    return obj
+
+
+def _device(array: Any) -> Any:
+    from .backends import device_scope
+
+    return device_scope(array)
 
 
 def _stream_end(stream) -> int:
@@ -100,8 +181,14 @@ def _stream_end(stream) -> int:
 
 def _small_pickle(stream, end: int, what: str, *, weights_only: bool, encoding: str) -> Any:
     data = spec.read_pickle_bytes(stream, end, what)
-    return run_unpickler(data, Rebuilder(_StorageRecorder(), legacy=True), weights_only=weights_only,
+    # Header pickles hold plain data only: no storage may appear in them.
+    return run_unpickler(data, Rebuilder(_NoStorages(), legacy=True), weights_only=weights_only,
                          encoding=encoding)
+
+
+class _NoStorages:
+    def storage(self, key: str, *args: Any) -> Any:
+        raise FormatError(f"a legacy header pickle refers to storage {key!r}")
 
 
 def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str,
@@ -126,20 +213,20 @@ def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: 
     if not isinstance(sys_info, dict):
         raise FormatError("the legacy header holds no system information dict")
     main = spec.read_pickle_bytes(stream, end, "object pickle")
+
+    materializer = _FillLaterMaterializer(device_map, budget=end - stream.tell())
+    rebuilder = Rebuilder(materializer, legacy=True, modules=not weights_only)
+    result = run_unpickler(main, rebuilder, materializer=materializer, **options)
+
     keys = _small_pickle(stream, end, "storage keys", **options)
     if not isinstance(keys, list):
         raise FormatError(f"the legacy storage key list is a {type(keys).__name__}, expected a list")
-
-    recorder = _StorageRecorder()
-    run_unpickler(main, Rebuilder(recorder, legacy=True, modules=not weights_only), **options)
-
-    placer = ZipMaterializer(_PreloadedSource({}), device_map, byteorder="little", skip_data=skip_data)
-    buffers: dict[str, np.ndarray] = {}
+    filled = set()
     for raw_key in keys:
         key = _ascii(raw_key)
-        if key not in recorder.roots:
-            raise FormatError(f"storage {key!r} is listed but no object uses it; the file is corrupt")
-        dtype, numel, location = recorder.roots[key]
+        if key not in materializer.storages or key in filled:
+            raise FormatError(f"storage {key!r} is listed but no object uses it (or twice); the file is corrupt")
+        _storage, dtype, numel = materializer.storages[key]
         stored = spec.read_int64(stream, f"size of storage {key}")
         if stored != numel:
             raise FormatError(
@@ -151,94 +238,66 @@ def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: 
             raise FormatError(
                 f"truncated file: storage {key!r} needs {nbytes} bytes, only {end - stream.tell()} are left"
             )
-        if device_map.mode == "callable":
-            backend = None
-            host = np.empty(nbytes, dtype=np.uint8)
-        else:
-            backend = placer.backend_for_location(location)
-            make = getattr(backend, "host_buffer", None)
-            host = make(nbytes) if make else np.empty(nbytes, dtype=np.uint8)
-        if skip_data:
-            stream.seek(nbytes, 1)
-        else:
-            _readinto(stream, host, key)
-            if sys.byteorder == "big" and dtype.itemsize > 1:  # the format is little-endian
-                host.view(f"u{dtype.itemsize}").byteswap(inplace=True)
-        buffers[key] = host
-    missing = set(recorder.roots) - set(buffers)
+        materializer.fill(key, stream, nbytes, skip_data)
+        filled.add(key)
+    missing = set(materializer.storages) - filled
     if missing:
         raise FormatError(f"storages {sorted(missing)} are used but their data is missing from the file")
-
-    materializer = _LegacyMaterializer(_PreloadedSource(buffers), device_map, skip_data=skip_data)
-    return run_unpickler(main, Rebuilder(materializer, legacy=True, modules=not weights_only),
-                         materializer=materializer, **options)
-
-
-def _readinto(stream, host: np.ndarray, key: str) -> None:
-    from .format.container import readinto_exact
-
-    readinto_exact(stream, host, f"storage {key}")
+    return materializer.fill_deferred(result)
 
 
 # -- tar ---------------------------------------------------------------------------------------
 
 
-def load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str) -> Any:
-    """Load a torch 0.1–0.3 tar checkpoint (members storages, tensors, pickle)."""
-    options = dict(weights_only=weights_only, encoding=encoding)
+def load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str,
+             skip_data: bool = False) -> Any:
+    """Load a torch 0.1–0.3 tar checkpoint (members ``storages``, ``tensors``, ``pickle``)."""
     try:
-        tar = tarfile.open(fileobj=stream, mode="r:", format=tarfile.PAX_FORMAT)
-    except tarfile.TarError as err:
+        return _load_tar(stream, device_map, weights_only=weights_only, encoding=encoding,
+                         skip_data=skip_data)
+    except (tarfile.TarError, EOFError) as err:
         raise FormatError(f"corrupt legacy tar checkpoint: {err}") from None
-    with tar:
+
+
+def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str, skip_data: bool) -> Any:
+    options = dict(weights_only=weights_only, encoding=encoding)
+    with tarfile.open(fileobj=stream, mode="r:", format=tarfile.PAX_FORMAT) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         for name in ("storages", "tensors", "pickle"):
             if name not in members:
                 raise FormatError(f"legacy tar checkpoint has no {name!r} member")
-
-        placer = _LegacyMaterializer(_PreloadedSource({}), device_map)
-        rebuilder = Rebuilder(placer, legacy=True, modules=not weights_only)
+        materializer = _FillLaterMaterializer(device_map, budget=0)
+        rebuilder = Rebuilder(materializer, legacy=True, modules=not weights_only)
         objects: dict[int, Any] = {}
 
+        # Storages come first, each followed by its data; then the list of views.
         storages = tar.extractfile(members["storages"])
         end = members["storages"].size
-        count = _member_pickle(storages, end, "storage count", **options)
-        if not isinstance(count, int) or count < 0:
-            raise FormatError(f"legacy tar storage count is {count!r}")
-        for _ in range(count):
+        for _ in range(_count(_member_pickle(storages, end, "storage count", **options), "storage")):
             entry = _member_pickle(storages, end, "storage header", **options)
-            if not (isinstance(entry, tuple) and len(entry) == 3):
+            if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[0], int)):
                 raise FormatError(f"legacy tar storage header is {entry!r}, expected (key, location, type)")
             key, location, storage_class = entry
-            dtype = getattr(storage_class, "dtype", None)
-            if not isinstance(key, int) or dtype is None:
-                raise FormatError(f"legacy tar storage header {entry!r} is not (int key, location, storage type)")
             numel = spec.read_int64(storages, f"size of storage {key}")
-            nbytes = numel * dtype.itemsize
-            if numel < 0 or nbytes > end - storages.tell():
-                raise FormatError(f"legacy tar storage {key} declares {numel} elements; the member is smaller")
-            host = np.empty(nbytes, dtype=np.uint8)
-            _readinto(storages, host, str(key))
-            backend = placer.backend_for_location(_ascii(location))
-            storage = backend.from_host(host.view(dtype.numpy))
-            placer._backends[id(storage)] = backend
-            rebuilder.register_storage(storage, dtype, str(key))
+            # The data follows in this member: the storage may not claim more than is left.
+            materializer.budget_for(end - storages.tell())
+            # load_storage validates the class, location and count, and allocates.
+            storage = rebuilder.load_storage(storage_class, str(key), location, numel)
+            materializer.fill(str(key), storages, numel * storage_class.dtype.itemsize, skip_data)
             objects[key] = storage
         views = _member_pickle(storages, end, "storage views", **options)
-        for view in views if isinstance(views, list) else ():
-            if not (isinstance(view, tuple) and len(view) == 4):
-                raise FormatError(f"legacy tar storage view {view!r} is not (key, root, offset, size)")
+        if not isinstance(views, list):
+            raise FormatError(f"legacy tar storage views are a {type(views).__name__}, expected a list")
+        for view in views:
+            if not (isinstance(view, tuple) and len(view) == 4) or view[1] not in objects:
+                raise FormatError(f"legacy tar storage view {view!r} is not (key, stored root, offset, size)")
             view_key, root_key, offset, size = view
-            if root_key not in objects:
-                raise FormatError(f"legacy tar storage view {view_key} refers to unknown storage {root_key}")
             objects[view_key] = rebuilder.storage_view(objects[root_key], (str(view_key), offset, size))
 
+        # Tensors: a header pickle each, then rank, sizes, strides and offset as raw ints.
         tensors = tar.extractfile(members["tensors"])
         end = members["tensors"].size
-        count = _member_pickle(tensors, end, "tensor count", **options)
-        if not isinstance(count, int) or count < 0:
-            raise FormatError(f"legacy tar tensor count is {count!r}")
-        for _ in range(count):
+        for _ in range(_count(_member_pickle(tensors, end, "tensor count", **options), "tensor")):
             entry = _member_pickle(tensors, end, "tensor header", **options)
             if not (isinstance(entry, tuple) and len(entry) == 3) or entry[1] not in objects:
                 raise FormatError(f"legacy tar tensor header {entry!r} does not name a stored storage")
@@ -246,12 +305,14 @@ def load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str
             ndim = spec.read_int64(tensors, "tensor rank") & 0xFFFFFFFF  # an int32 and 4 spare bytes
             if ndim > 64:
                 raise FormatError(f"legacy tar tensor {key} has {ndim} dimensions")
-            sizes = [spec.read_int64(tensors, "tensor size") for _ in range(ndim)]
-            strides = [spec.read_int64(tensors, "tensor stride") for _ in range(ndim)]
+            sizes = tuple(spec.read_int64(tensors, "tensor size") for _ in range(ndim))
+            strides = tuple(spec.read_int64(tensors, "tensor stride") for _ in range(ndim))
             offset = spec.read_int64(tensors, "tensor offset")
-            objects[key] = rebuilder.rebuild_tensor(objects[storage_key], offset, tuple(sizes), tuple(strides))
+            objects[key] = rebuilder.rebuild_tensor(objects[storage_key], offset, sizes, strides)
 
         def persistent_load(pid: Any) -> Any:
+            if isinstance(pid, tuple):  # (class, source file, source): a pickled module
+                return rebuilder.legacy_module(("module",) + pid)
             try:
                 return objects[int(_ascii(pid))]
             except (KeyError, ValueError, TypeError):
@@ -259,13 +320,20 @@ def load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str
 
         pickle_member = tar.extractfile(members["pickle"])
         data = spec.read_pickle_bytes(pickle_member, members["pickle"].size, "object pickle")
-        result = run_unpickler(data, rebuilder, persistent_load=persistent_load, materializer=placer, **options)
-    return result
+        result = run_unpickler(data, rebuilder, persistent_load=persistent_load, materializer=materializer,
+                               **options)
+        return materializer.fill_deferred(result)
+
+
+def _count(value: Any, what: str) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise FormatError(f"legacy tar {what} count is {value!r}")
+    return value
 
 
 def _member_pickle(member, end: int, what: str, *, weights_only: bool, encoding: str) -> Any:
     data = spec.read_pickle_bytes(member, end, what)
-    return run_unpickler(data, Rebuilder(_StorageRecorder(), legacy=True), weights_only=weights_only,
+    return run_unpickler(data, Rebuilder(_NoStorages(), legacy=True), weights_only=weights_only,
                          encoding=encoding)
 
 

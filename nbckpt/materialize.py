@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap as mmap_module
 import sys
+import zlib
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,11 @@ class ZipSource:
     """Storage bytes from the ``data/<key>`` records of a zip checkpoint."""
 
     def __init__(self, reader: ZipReader, *, mapped: mmap_module.mmap | None = None,
-                 skip_data: bool = False) -> None:
+                 skip_data: bool = False, verify: bool = False) -> None:
         self._reader = reader
         self._mapped = mapped
         self._skip_data = skip_data
+        self._verify = verify and not skip_data
 
     def size(self, key: str) -> int:
         """The record's size in bytes (FormatError when it is missing)."""
@@ -66,11 +68,14 @@ class ZipSource:
         name = f"data/{key}"
         if mapped_ok and self.can_map(key):
             offset = self._reader.data_offset(name)
-            return np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
+            mapped = np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
+            if self._verify:
+                self._reader.check_crc(name, zlib.crc32(mapped))
+            return mapped
         make = getattr(backend, "host_buffer", None)
         host = make(nbytes) if make is not None else np.empty(nbytes, dtype=np.uint8)
         if not self._skip_data:
-            self._reader.readinto(name, host)
+            self._reader.readinto(name, host, verify=self._verify)
         return host
 
 

@@ -17,6 +17,7 @@ point leaves the previous file as it was and no temporary file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import tempfile
@@ -66,13 +67,23 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     # Write through a symlink (a "latest.pt" link keeps pointing at the new data).
     path = os.path.realpath(os.fspath(path)) if os.path.islink(path) else os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path!r}: the folder {folder!r} does not exist")
     try:
         mode = os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
+    except OSError:
         mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT, f"cannot save to {path!r}: the folder {folder!r} does not exist"
+        ) from None
+    except PermissionError:
+        raise PermissionError(
+            errno.EACCES,
+            f"cannot save to {path!r}: no permission to create a file in {folder!r} (nbckpt writes "
+            f"a temporary file next to the target and renames it, so that a failed save never "
+            f"destroys the previous checkpoint)",
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

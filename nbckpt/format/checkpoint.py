@@ -35,8 +35,11 @@ class ZipCheckpoint:
         return [name[5:] for name in self.reader.names() if name.startswith("data/")]
 
 
-def open_zip_checkpoint(stream) -> ZipCheckpoint:
-    """Open the zip checkpoint at ``stream``'s position; FormatError if it is not one."""
+def open_zip_checkpoint(stream, *, verify: bool = False) -> ZipCheckpoint:
+    """Open the zip checkpoint at ``stream``'s position; FormatError if it is not one.
+
+    ``verify`` checks the CRC-32 of every record read here (``data.pkl``...).
+    """
     reader = ZipReader(stream)
     if "constants.pkl" in reader:
         raise FormatError(
@@ -58,7 +61,7 @@ def open_zip_checkpoint(stream) -> ZipCheckpoint:
             f"the archive has no {reader.prefix}/data.pkl record: it is not a torch checkpoint",
             record="data.pkl",
         )
-    data_pkl = reader.read("data.pkl", limit=PICKLE_LIMIT)
+    data_pkl = reader.read("data.pkl", limit=PICKLE_LIMIT, verify=verify)
     return ZipCheckpoint(reader, version, byteorder, recorded, data_pkl)
 
 

@@ -28,6 +28,7 @@ from . import spec
 __all__ = ["ZipWriter", "ZipReader", "Entry", "read_exact", "readinto_exact"]
 
 _COPY_CHUNK = 1 << 26  # 64 MiB: bound on single reads from streams without readinto
+_CRC_CHUNK = 1 << 22  # 4 MiB: checked while the bytes just read are still in cache
 
 
 def _as_bytes_view(data) -> memoryview:
@@ -523,7 +524,7 @@ class ZipReader:
             entry.data_offset = self.start + data_rel
         return entry.data_offset
 
-    def read(self, name: str, *, limit: int | None = None) -> bytes:
+    def read(self, name: str, *, limit: int | None = None, verify: bool = False) -> bytes:
         """The whole content of record ``name`` as bytes (for small records)."""
         entry = self.entry(name)
         if limit is not None and entry.size > limit:
@@ -531,11 +532,15 @@ class ZipReader:
                 f"record {name!r} is {entry.size} bytes, more than the {limit} expected", record=name
             )
         buffer = bytearray(entry.size)
-        self.readinto(name, buffer)
+        self.readinto(name, buffer, verify=verify)
         return bytes(buffer)
 
-    def readinto(self, name: str, buffer) -> None:
-        """Fill ``buffer`` (exactly the record's size) with the content of ``name``."""
+    def readinto(self, name: str, buffer, *, verify: bool = False) -> None:
+        """Fill ``buffer`` (exactly the record's size) with the content of ``name``.
+
+        With ``verify``, the CRC-32 is computed chunk by chunk as the data
+        arrives (while it is still in cache) and checked against the directory.
+        """
         entry = self.entry(name)
         view = _as_bytes_view(buffer)
         if view.nbytes != entry.size:
@@ -544,10 +549,36 @@ class ZipReader:
             )
         offset = self.data_offset(name)
         self._f.seek(offset)
-        if entry.method == spec.METHOD_STORED:
-            readinto_exact(self._f, view, f"record {name}")
-        else:
+        if entry.method != spec.METHOD_STORED:
             self._inflate_into(entry, view)
+            if verify:
+                self.check_crc(name, zlib.crc32(view))
+            return
+        if not verify:
+            readinto_exact(self._f, view, f"record {name}")
+            return
+        crc = 0
+        for start in range(0, view.nbytes, _CRC_CHUNK):
+            chunk = view[start : start + _CRC_CHUNK]
+            readinto_exact(self._f, chunk, f"record {name}")
+            crc = zlib.crc32(chunk, crc)
+        self.check_crc(name, crc)
+
+    def check_crc(self, name: str, crc: int) -> None:
+        """FormatError unless ``crc`` is the CRC-32 the directory records for ``name``.
+
+        A stored CRC of 0 on a non-empty record means none was computed (torch's
+        ``compute_crc32=False``); it cannot be checked and is accepted.
+        """
+        entry = self.entry(name)
+        if entry.crc32 == 0 and entry.size:
+            return
+        if crc != entry.crc32:
+            raise FormatError(
+                f"record {self.prefix}/{name} is corrupt: CRC-32 expected {entry.crc32:#010x}, "
+                f"found {crc:#010x}",
+                record=name,
+            )
 
     def _inflate_into(self, entry: Entry, view: memoryview) -> None:
         # Bounded by the declared size, so a deflate bomb cannot grow memory.

@@ -169,6 +169,15 @@ def blocked_reason(module: str, name: str) -> str | None:
 
 def refusal_message(dotted: str) -> str:
     """The message for a global that is not allowlisted: what to call to allow it."""
+    if dotted.startswith("torch.nn.modules."):
+        return (
+            f"weights_only=True refused GLOBAL {dotted}: the file pickles a whole torch.nn.Module "
+            f"(its class and attributes), not just its weights; nbckpt loads arrays, not modules. "
+            f"Load it with torch, save module.state_dict() and load that; or, only for a file from "
+            f"a source you trust completely, load it with weights_only=False (which can run "
+            f"arbitrary code). Allowing the class with nbckpt.add_safe_globals([{dotted}]) is "
+            f"rarely enough: a module pickles many other objects."
+        )
     return (
         f"weights_only=True refused GLOBAL {dotted}: it is not among the globals nbckpt "
         f"loads safely. If you trust this file, allow it with "

@@ -362,6 +362,15 @@ class Rebuilder:
                           metadata: Any = None) -> Any:
         """``torch._utils._rebuild_tensor_v2``: a view of a typed storage."""
         array = self._view(storage, storage_offset, size, stride, None)
+        return self._math_bits(array, metadata)
+
+    def _math_bits(self, array: Any, metadata: Any) -> Any:
+        """Apply torch's conj/neg bits, once the data is there (legacy files fill it later)."""
+        if metadata is None or metadata == {}:
+            return array
+        defer = getattr(self._materializer, "defer_until_filled", None)
+        if defer is not None:
+            return defer(array, lambda a: _apply_math_bits(a, metadata))
         return _apply_math_bits(array, metadata)
 
     def rebuild_tensor_v3(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
@@ -371,7 +380,7 @@ class Rebuilder:
         if not isinstance(dtype, np.dtype) or torch_dtypes.for_numpy(dtype) is None:
             raise FormatError(f"_rebuild_tensor_v3 needs a torch dtype, got {dtype!r}")
         array = self._view(storage, storage_offset, size, stride, dtype)
-        return _apply_math_bits(array, metadata)
+        return self._math_bits(array, metadata)
 
     def rebuild_parameter(self, data: Any, requires_grad: Any = True, backward_hooks: Any = None) -> Any:
         """``nn.Parameter``: NumPy has no parameters, the array itself is returned."""
@@ -407,6 +416,9 @@ class Rebuilder:
         describe = getattr(self._materializer, "sparse", None)
         if describe is not None:  # a lazy listing: describe the parts, build nothing
             return describe(name, data)
+        defer = getattr(self._materializer, "defer_sparse", None)
+        if defer is not None:  # legacy files: the arrays get their data after the pickle
+            return defer(name, data)
         from .. import sparse  # scipy is imported there, only when a file has sparse tensors
 
         return sparse.from_torch_parts(name, data)
