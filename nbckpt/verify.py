@@ -30,6 +30,7 @@ from .errors import CheckpointError
 from .format import legacy as legacy_format
 from .format import spec
 from .format.checkpoint import open_zip_checkpoint
+from .format.container import ZipReader
 from .sources import open_source
 
 __all__ = ["Problem", "VerifyReport", "verify"]
@@ -101,12 +102,12 @@ def verify(f: Any) -> VerifyReport:
 
 
 def _verify_zip(stream, report: VerifyReport, archive_module: Any) -> None:
+    start = stream.tell()
     try:
-        checkpoint = open_zip_checkpoint(stream)
-    except CheckpointError as err:
+        reader = ZipReader(stream)  # the zip structure first: every CRC is checked even if
+    except CheckpointError as err:  # the records' contents turn out to be wrong
         report.problems.append(Problem(getattr(err, "record", None) or "archive", str(err)))
         return
-    reader = checkpoint.reader
     unchecked = []
     for name in reader.names():
         report.records_checked += 1
@@ -124,7 +125,13 @@ def _verify_zip(stream, report: VerifyReport, archive_module: Any) -> None:
     if unchecked:
         report.notes.append(f"{len(unchecked)} record(s) carry no CRC-32 (saved with CRCs off): "
                             f"{', '.join(unchecked[:5])}{'...' if len(unchecked) > 5 else ''}")
-    stream.seek(reader.start)
+    stream.seek(start)
+    try:
+        checkpoint = open_zip_checkpoint(stream)
+    except CheckpointError as err:
+        report.problems.append(Problem(getattr(err, "record", None) or "archive", str(err)))
+        return
+    stream.seek(start)
     try:
         with archive_module.Archive(stream) as opened:  # pickle, storages and every view checked
             referenced = {r.storage for r in opened.records if r.storage}

@@ -1,0 +1,108 @@
+"""nbckpt.verify, Archive.verify and load(verify=True): integrity checks with clear reports."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import nbckpt
+from checkpoint_tools import _records, _write
+
+
+def saved(obj) -> bytes:
+    buf = io.BytesIO()
+    nbckpt.save(obj, buf)
+    return buf.getvalue()
+
+
+def flip_in_record(data: bytes, name: str, index: int = 0) -> bytes:
+    """Flip one bit inside record ``name``'s data (the directory is left as it was)."""
+    z = zipfile.ZipFile(io.BytesIO(data))
+    info = z.getinfo(f"archive/{name}")
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26: info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28: info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    out = bytearray(data)
+    out[start + index] ^= 0x10
+    return bytes(out)
+
+
+STATE = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3), "step": 3}
+
+
+def test_clean_file_is_ok():
+    report = nbckpt.verify(io.BytesIO(saved(STATE)))
+    assert report.ok and report.problems == [] and report.format == "zip"
+    assert report.records_checked == 8
+    assert "no problems" in str(report)
+
+
+@pytest.mark.parametrize("record", ["data/0", "data/1", "data.pkl", "byteorder"])
+def test_flipped_bit_is_reported_with_record_expected_and_found(record):
+    data = flip_in_record(saved(STATE), record)
+    report = nbckpt.verify(io.BytesIO(data))
+    assert not report.ok
+    crc = [p for p in report.problems if p.record == record and "CRC-32 mismatch" in p.message]
+    assert len(crc) == 1
+    z = zipfile.ZipFile(io.BytesIO(data))
+    assert crc[0].expected == z.getinfo(f"archive/{record}").CRC
+    assert crc[0].found != crc[0].expected
+    assert record in str(report) and "problem" in report._repr_html_()
+
+
+def test_load_with_verify_refuses_corrupt_data_and_plain_load_does_not():
+    data = flip_in_record(saved(STATE), "data/0", 5)
+    with pytest.raises(nbckpt.FormatError, match=r"archive/data/0 is corrupt: CRC-32 expected 0x[0-9a-f]{8}, found"):
+        nbckpt.load(io.BytesIO(data), verify=True)
+    out = nbckpt.load(io.BytesIO(data))  # torch does not check CRCs either
+    assert not np.array_equal(out["w"], STATE["w"])
+    np.testing.assert_array_equal(nbckpt.load(io.BytesIO(saved(STATE)), verify=True)["w"], STATE["w"])
+
+
+def test_verify_with_mmap(tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_bytes(flip_in_record(saved(STATE), "data/1"))
+    with pytest.raises(nbckpt.FormatError, match="data/1 is corrupt"):
+        nbckpt.load(path, mmap=True, verify=True)
+
+
+def test_files_saved_without_crcs_get_a_note_not_a_problem():
+    torch.serialization.set_crc32_options(False)
+    try:
+        buf = io.BytesIO()
+        torch.save({"x": torch.arange(4.0)}, buf)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    report = nbckpt.verify(io.BytesIO(buf.getvalue()))
+    assert report.ok and any("no CRC-32" in n for n in report.notes)
+    nbckpt.load(io.BytesIO(buf.getvalue()), verify=True)
+
+
+def test_structure_problems_are_reported():
+    prefix, records = _records(saved(STATE))
+    del records["data/1"]
+    report = nbckpt.verify(io.BytesIO(_write(prefix, records)))
+    assert not report.ok and "data/1" in str(report.problems[0])
+
+    prefix, records = _records(saved({"w": np.ones(4, np.float32)}))
+    records["data/0"] = records["data/0"][:8]  # the pickle still declares 4 floats
+    report = nbckpt.verify(io.BytesIO(_write(prefix, records)))
+    assert not report.ok and "holds 8 bytes but the pickle declares 4 x float32 = 16 bytes" in str(report)
+
+
+def test_archive_verify_and_legacy_verify(tmp_path):
+    path = tmp_path / "a.pt"
+    path.write_bytes(saved(STATE))
+    with nbckpt.open(path) as archive:
+        assert archive.verify().ok
+        np.testing.assert_array_equal(archive["w"], STATE["w"])  # still usable afterwards
+    buf = io.BytesIO()
+    torch.save({"x": torch.ones(3)}, buf, _use_new_zipfile_serialization=False)
+    report = nbckpt.verify(io.BytesIO(buf.getvalue()))
+    assert report.ok and report.format == "legacy stream" and "no checksums" in report.notes[0]
+    report = nbckpt.verify(io.BytesIO(buf.getvalue()[:-3]))
+    assert not report.ok and "truncated" in str(report)
