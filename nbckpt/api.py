@@ -19,13 +19,14 @@ from .pickling.rebuild import Rebuilder
 from .pickling.run import run_unpickler
 from .pickling.scan import GlobalRef, scan_pickle
 from .pickling.writer import CheckpointPickler, SavePlan
+from .progress import progress_bar
 from .sources import archive_prefix, atomic_write, check_writable, is_path, open_source
 
 __all__ = ["save", "load", "scan"]
 
 
 
-def save(obj: Any, f: Any, *, format: str = "zip") -> None:
+def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None) -> None:
     """Save ``obj`` to ``f`` in torch's checkpoint format (torch.load reads it).
 
     ``f`` is a path (written atomically: a failed save leaves any previous file
@@ -34,7 +35,8 @@ def save(obj: Any, f: Any, *, format: str = "zip") -> None:
     NumPy arrays and scalars, str, bytes, bytearray, int, float, complex, bool
     and None. Arrays that view one buffer are stored once and view one buffer
     again when loaded. ``format="legacy"`` writes torch's pre-1.6 stream format
-    instead of the zip archive (torch still reads it).
+    instead of the zip archive (torch still reads it). ``progress`` shows a
+    progress bar: ``None`` only for large saves, ``True`` always, ``False`` never.
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
@@ -51,23 +53,28 @@ def save(obj: Any, f: Any, *, format: str = "zip") -> None:
     plan = SavePlan.build(obj)  # every check happens before the first byte is written
     pickler = CheckpointPickler(plan, legacy=format == "legacy")
     data_pkl = pickler.dumps(obj)
+    bar = progress_bar(sum(s.nbytes for s in pickler.storages), "saving", progress)
     if format == "legacy":
         def emit(write_to):
             legacy_format.write_stream(write_to, data_pkl, pickler.storages)
+            bar.update(sum(s.nbytes for s in pickler.storages))
     else:
         def emit(write_to):
-            _write_zip(write_to, archive_prefix(f), data_pkl, pickler.storages)
-    if write is None:
-        with atomic_write(f) as handle:
-            emit(handle.write)
-        return
-    emit(write)
+            _write_zip(write_to, archive_prefix(f), data_pkl, pickler.storages, bar)
+    try:
+        if write is None:
+            with atomic_write(f) as handle:
+                emit(handle.write)
+            return
+        emit(write)
+    finally:
+        bar.close()
     flush = getattr(f, "flush", None)
     if callable(flush):
         flush()
 
 
-def _write_zip(write, prefix: str, data_pkl: bytes, storages) -> None:
+def _write_zip(write, prefix: str, data_pkl: bytes, storages, bar) -> None:
     writer = ZipWriter(write, prefix)
     writer.write_record("data.pkl", data_pkl)
     writer.write_record(".format_version", b"1")
@@ -76,6 +83,7 @@ def _write_zip(write, prefix: str, data_pkl: bytes, storages) -> None:
     for storage in storages:
         # Device storages are copied to the host here, one at a time.
         writer.write_record(f"data/{storage.key}", storage.host_bytes())
+        bar.update(storage.nbytes)
     writer.close()
 
 
@@ -88,6 +96,7 @@ def load(
     skip_data: bool = False,
     encoding: str = "utf-8",
     verify: bool = False,
+    progress: bool | None = None,
 ) -> Any:
     """Load a checkpoint written by ``torch.save`` or :func:`nbckpt.save`.
 
@@ -107,7 +116,8 @@ def load(
     ``skip_data=True`` builds every array with its shape and dtype but reads no
     storage byte (the values are undefined). ``verify=True`` checks every zip
     record's CRC-32 as it is read (a corrupt record raises FormatError); torch
-    never checks them.
+    never checks them. ``progress`` shows a progress bar (``None``: only for
+    large files).
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
@@ -129,12 +139,18 @@ def load(
         stream.seek(start)
         if magic == spec.LOCAL_MAGIC:
             checkpoint = open_zip_checkpoint(stream, verify=verify)
-            with map_file(stream, access) as mapped:
-                source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data, verify=verify)
-                materializer = ZipMaterializer(source, device_map, byteorder=checkpoint.byteorder,
-                                               skip_data=skip_data)
-                result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,
-                                  encoding=encoding)
+            total = 0 if skip_data or access is not None else checkpoint.storage_bytes
+            bar = progress_bar(total, "loading", progress)
+            try:
+                with map_file(stream, access) as mapped:
+                    source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data, verify=verify,
+                                       on_read=bar.update)
+                    materializer = ZipMaterializer(source, device_map, byteorder=checkpoint.byteorder,
+                                                   skip_data=skip_data)
+                    result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,
+                                      encoding=encoding)
+            finally:
+                bar.close()
             stream.seek(checkpoint.reader.end)
             return result
         if not magic:

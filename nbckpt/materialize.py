@@ -50,11 +50,12 @@ class ZipSource:
     """Storage bytes from the ``data/<key>`` records of a zip checkpoint."""
 
     def __init__(self, reader: ZipReader, *, mapped: mmap_module.mmap | None = None,
-                 skip_data: bool = False, verify: bool = False) -> None:
+                 skip_data: bool = False, verify: bool = False, on_read: Any = None) -> None:
         self._reader = reader
         self._mapped = mapped
         self._skip_data = skip_data
         self._verify = verify and not skip_data
+        self._on_read = on_read  # called with the byte count of each record read (progress)
 
     def size(self, key: str) -> int:
         """The record's size in bytes (FormatError when it is missing)."""
@@ -76,6 +77,8 @@ class ZipSource:
         host = make(nbytes) if make is not None else np.empty(nbytes, dtype=np.uint8)
         if not self._skip_data:
             self._reader.readinto(name, host, verify=self._verify)
+            if self._on_read is not None:
+                self._on_read(nbytes)
         return host
 
 

@@ -34,6 +34,11 @@ class ZipCheckpoint:
     def storage_keys(self) -> list[str]:
         return [name[5:] for name in self.reader.names() if name.startswith("data/")]
 
+    @property
+    def storage_bytes(self) -> int:
+        """Bytes of all storage records (what an eager load reads)."""
+        return sum(self.reader.entry(f"data/{key}").size for key in self.storage_keys)
+
 
 def open_zip_checkpoint(stream, *, verify: bool = False) -> ZipCheckpoint:
     """Open the zip checkpoint at ``stream``'s position; FormatError if it is not one.
