@@ -154,6 +154,9 @@ class SafeUnpickler:
     def _fail(self, pos: int, message: str) -> FormatError:
         return FormatError(f"corrupt pickle at byte {pos}: {message}", record="data.pkl")
 
+    def _short(self, pos: int, n: int, end: int) -> FormatError:
+        return self._fail(pos, f"expected {n} bytes of data, only {max(end - pos, 0)} left")
+
     def _string(self, raw: bytes) -> Any:
         """Python 2 ``str`` (SHORT_BINSTRING/BINSTRING), decoded as asked."""
         if self._encoding == "bytes":
@@ -215,250 +218,309 @@ class SafeUnpickler:
 
     def load(self) -> Any:
         """Run the pickle up to STOP and return its object."""
+        return self._run()
+
+    def _run(self) -> Any:  # noqa: C901 - one loop over opcodes is the clearest (and fastest) form
+        # Hot loop: locals only, no helper calls for the common opcodes, bounds
+        # checked inline. Reading past the data raises IndexError/struct.error,
+        # turned into FormatError below with the position it happened at.
+        data = self._data
+        end = len(data)
+        pos = self.position
+        stack: list[Any] = []
+        append = stack.append
+        marks: list[int] = []
+        memo: dict[int, Any] = {}
+        pending_slots: dict[int, list[int]] = {}
+        unfinished = self._unfinished
+        callables = self._rebuilder.callables
+        user_callables = self._user_callables
+        persistent_load = self._persistent_load
         try:
-            return self._run()
+            while True:
+                op = data[pos]
+                pos += 1
+                if op == _BINPUT:
+                    value = memo[data[pos]] = stack[-1]
+                    if unfinished and id(value) in unfinished:
+                        pending_slots.setdefault(id(value), []).append(data[pos])
+                    pos += 1
+                elif op == _BINGET:
+                    append(memo[data[pos]])
+                    pos += 1
+                elif op == _BINUNICODE:
+                    n = _unpack_u4(data, pos)[0]
+                    pos += 4
+                    if pos + n > end:
+                        raise self._short(pos, n, end)
+                    append(data[pos : pos + n].decode("utf-8", "surrogatepass"))
+                    pos += n
+                elif op == _MARK:
+                    if len(marks) >= MAX_NESTING:
+                        raise FormatError(f"pickle nests more than {MAX_NESTING} levels deep", record="data.pkl")
+                    marks.append(len(stack))
+                elif op == _BININT1:
+                    append(data[pos])
+                    pos += 1
+                elif op == _TUPLE:
+                    if not marks:
+                        raise self._fail(pos, "TUPLE needs a MARK but there is none")
+                    k = marks.pop()
+                    items = tuple(stack[k:])
+                    del stack[k:]
+                    append(items)
+                elif op == _TUPLE1:
+                    stack[-1] = (stack[-1],)
+                elif op == _TUPLE2:
+                    b = stack.pop()
+                    stack[-1] = (stack[-1], b)
+                elif op == _REDUCE:
+                    args = stack.pop()
+                    func = stack[-1]
+                    if type(args) is tuple and (id(func) in callables or id(func) in user_callables):
+                        result = func(*args)
+                        if isinstance(result, PendingObject):
+                            unfinished[id(result)] = result
+                        stack[-1] = result
+                    else:
+                        stack[-1] = self._reduce(func, args, pos - 1)  # raises the right error
+                elif op == _BINPERSID:
+                    stack[-1] = persistent_load(stack[-1])
+                elif op == _NEWFALSE:
+                    append(False)
+                elif op == _EMPTY_TUPLE:
+                    append(())
+                elif op == _BININT2:
+                    append(_unpack_u2(data, pos)[0])
+                    pos += 2
+                elif op == _SETITEMS:
+                    if not marks:
+                        raise self._fail(pos, "SETITEMS needs a MARK but there is none")
+                    k = marks.pop()
+                    items = stack[k:]
+                    del stack[k:]
+                    target = stack[-1]
+                    if type(target) not in _DICT_TYPES:
+                        raise _refuse_target("SETITEMS", target, "dict, OrderedDict or Counter", pos - 1)
+                    if len(items) % 2:
+                        raise self._fail(pos, "SETITEMS needs key/value pairs, got an odd number of items")
+                    for i in range(0, len(items), 2):
+                        target[items[i]] = items[i + 1]
+                elif op == _LONG_BINGET:
+                    append(memo[_unpack_u4(data, pos)[0]])
+                    pos += 4
+                elif op == _LONG_BINPUT:
+                    index = _unpack_u4(data, pos)[0]
+                    pos += 4
+                    value = memo[index] = stack[-1]
+                    if unfinished and id(value) in unfinished:
+                        pending_slots.setdefault(id(value), []).append(index)
+                elif op == _BININT:
+                    append(_unpack_i4(data, pos)[0])
+                    pos += 4
+                elif op == _TUPLE3:
+                    c = stack.pop()
+                    b = stack.pop()
+                    stack[-1] = (stack[-1], b, c)
+                elif op == _GLOBAL:
+                    module = self._line(data, pos, end)
+                    pos += len(module) + 1
+                    name = self._line(data, pos, end)
+                    pos += len(name) + 1
+                    try:
+                        module_name, attr_name = module.decode("utf-8"), name.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise self._fail(pos, "a GLOBAL name is not valid UTF-8") from None
+                    append(self.find_class(module_name, attr_name))
+                elif op == _NEWTRUE:
+                    append(True)
+                elif op == _NONE:
+                    append(None)
+                elif op == _BINFLOAT:
+                    append(_unpack_f8(data, pos)[0])
+                    pos += 8
+                elif op == _EMPTY_DICT:
+                    append({})
+                elif op == _EMPTY_LIST:
+                    append([])
+                elif op == _SETITEM:
+                    value = stack.pop()
+                    key = stack.pop()
+                    target = stack[-1]
+                    if type(target) not in _DICT_TYPES:
+                        raise _refuse_target("SETITEM", target, "dict, OrderedDict or Counter", pos - 1)
+                    target[key] = value
+                elif op == _APPEND:
+                    value = stack.pop()
+                    target = stack[-1]
+                    if type(target) is not list:
+                        raise _refuse_target("APPEND", target, "list", pos - 1)
+                    target.append(value)
+                elif op == _APPENDS:
+                    if not marks:
+                        raise self._fail(pos, "APPENDS needs a MARK but there is none")
+                    k = marks.pop()
+                    items = stack[k:]
+                    del stack[k:]
+                    target = stack[-1]
+                    if type(target) is not list:
+                        raise _refuse_target("APPENDS", target, "list", pos - 1)
+                    target.extend(items)
+                elif op == _BUILD:
+                    state = stack.pop()
+                    inst = stack[-1]
+                    built = self._build(inst, state, pos - 1)
+                    if built is not inst:
+                        stack[-1] = built
+                        for index in pending_slots.pop(id(inst), ()):
+                            if memo.get(index) is inst:
+                                memo[index] = built
+                elif op == _MEMOIZE:
+                    value = memo[len(memo)] = stack[-1]
+                    if unfinished and id(value) in unfinished:
+                        pending_slots.setdefault(id(value), []).append(len(memo) - 1)
+                elif op == _SHORT_BINUNICODE or op == _BINUNICODE8:
+                    if op == _SHORT_BINUNICODE:
+                        n = data[pos]
+                        pos += 1
+                    else:
+                        n = _unpack_u8(data, pos)[0]
+                        pos += 8
+                    if pos + n > end:
+                        raise self._short(pos, n, end)
+                    append(data[pos : pos + n].decode("utf-8", "surrogatepass"))
+                    pos += n
+                elif op == _LONG1 or op == _LONG4:
+                    if op == _LONG1:
+                        n = data[pos]
+                        pos += 1
+                    else:
+                        n = _unpack_i4(data, pos)[0]
+                        pos += 4
+                    if n < 0 or pos + n > end:
+                        raise self._short(pos, n, end)
+                    append(int.from_bytes(data[pos : pos + n], "little", signed=True))
+                    pos += n
+                elif op == _NEWOBJ:
+                    args = stack.pop()
+                    stack[-1] = self._newobj(stack[-1], args, pos - 1)
+                elif op == _SHORT_BINSTRING or op == _BINSTRING:
+                    if op == _SHORT_BINSTRING:
+                        n = data[pos]
+                        pos += 1
+                    else:
+                        n = _unpack_i4(data, pos)[0]
+                        pos += 4
+                    if n < 0 or pos + n > end:
+                        raise self._short(pos, n, end)
+                    append(self._string(data[pos : pos + n]))
+                    pos += n
+                elif op == _BINBYTES or op == _SHORT_BINBYTES or op == _BINBYTES8:
+                    if op == _BINBYTES:
+                        n = _unpack_u4(data, pos)[0]
+                        pos += 4
+                    elif op == _SHORT_BINBYTES:
+                        n = data[pos]
+                        pos += 1
+                    else:
+                        n = _unpack_u8(data, pos)[0]
+                        pos += 8
+                    if pos + n > end:
+                        raise self._short(pos, n, end)
+                    append(data[pos : pos + n])
+                    pos += n
+                elif op == _EMPTY_SET:
+                    append(set())
+                elif op == _ADDITEMS:
+                    if not marks:
+                        raise self._fail(pos, "ADDITEMS needs a MARK but there is none")
+                    k = marks.pop()
+                    items = stack[k:]
+                    del stack[k:]
+                    target = stack[-1]
+                    if type(target) is not set:
+                        raise _refuse_target("ADDITEMS", target, "set", pos - 1)
+                    target.update(items)
+                elif op == _FROZENSET:
+                    if not marks:
+                        raise self._fail(pos, "FROZENSET needs a MARK but there is none")
+                    k = marks.pop()
+                    items = stack[k:]
+                    del stack[k:]
+                    append(frozenset(items))
+                elif op == _STACK_GLOBAL:
+                    name = stack.pop()
+                    module = stack.pop()
+                    if type(module) is not str or type(name) is not str:
+                        raise self._fail(pos, "STACK_GLOBAL needs two strings")
+                    append(self.find_class(module, name))
+                elif op == _FRAME:
+                    if pos + 8 > end:
+                        raise self._fail(pos, "a FRAME header is cut short")
+                    pos += 8  # a length hint only; the data follows inline
+                elif op == _PROTO:
+                    if data[pos] > 5:
+                        raise self._fail(pos, f"unsupported pickle protocol {data[pos]}")
+                    pos += 1
+                elif op == _POP:
+                    if marks and marks[-1] == len(stack):
+                        marks.pop()
+                    else:
+                        stack.pop()
+                elif op == _POP_MARK:
+                    if not marks:
+                        raise self._fail(pos, "POP_MARK needs a MARK but there is none")
+                    del stack[marks.pop():]
+                elif op == _DUP:
+                    append(stack[-1])
+                elif op == _STOP:
+                    self.position = pos
+                    if len(stack) != 1 or marks:
+                        raise self._fail(pos, f"STOP with {len(stack)} objects and {len(marks)} marks left")
+                    result = stack[0]
+                    if isinstance(result, PendingObject):
+                        unfinished.pop(id(result), None)
+                        result = result.resolve()
+                    if unfinished:
+                        listed = ", ".join(sorted({repr(o) for o in unfinished.values()}))
+                        raise FormatError(
+                            f"the pickle ends with objects it never finished building: {listed}",
+                            record="data.pkl",
+                        )
+                    return result
+                elif op in _REFUSED:
+                    name, why = _REFUSED[op]
+                    raise UnpicklingError(
+                        f"weights_only=True refused pickle opcode {name} at byte {pos - 1}: it {why}. "
+                        f"torch.save never writes it; load the file with weights_only=False only "
+                        f"if you trust its source completely"
+                    )
+                else:
+                    raise self._fail(pos - 1, f"byte 0x{op:02x} is not a pickle opcode")
         except CheckpointError:
             raise
-        except UnicodeDecodeError:
-            raise  # a Python 2 string that the requested ``encoding`` cannot decode
-        except (IndexError, struct.error, OverflowError) as err:
-            raise FormatError(
-                f"corrupt or truncated pickle near byte {self.position}: {err}", record="data.pkl"
-            ) from None
+        except UnicodeDecodeError as err:
+            if err.encoding.replace("-", "").lower() == "utf8" and self._encoding.replace("-", "").lower() != "utf8":
+                raise self._fail(pos, "a unicode string is not valid UTF-8") from None
+            if op in (_SHORT_BINSTRING, _BINSTRING):
+                raise  # a Python 2 string the requested ``encoding`` cannot decode: the caller's to see
+            raise self._fail(pos, "a unicode string is not valid UTF-8") from None
+        except KeyError as err:
+            raise self._fail(pos, f"memo slot {err.args[0]} is read before it is written") from None
+        except struct.error:
+            raise self._fail(pos, f"expected more bytes of data than the {end - pos} left") from None
+        except IndexError as err:
+            if pos >= end:
+                raise self._fail(pos, "the pickle ends without a STOP opcode (truncated)") from None
+            raise FormatError(f"corrupt or truncated pickle near byte {pos}: {err}", record="data.pkl") from None
+        except OverflowError as err:
+            raise FormatError(f"corrupt or truncated pickle near byte {pos}: {err}", record="data.pkl") from None
         except RecursionError:
             raise FormatError("pickle is nested too deeply", record="data.pkl") from None
         except (TypeError, ValueError, AttributeError) as err:
             # Unhashable keys, wrong argument counts, NumPy refusing a shape:
             # all of them come from the file.
-            raise FormatError(f"invalid pickle near byte {self.position}: {err}", record="data.pkl") from None
-
-    def _run(self) -> Any:  # noqa: C901 - one loop over opcodes is the clearest form
-        data = self._data
-        end = len(data)
-        pos = self.position
-        stack: list[Any] = []
-        marks: list[int] = []
-        memo: dict[int, Any] = {}
-        pending_slots: dict[int, list[int]] = {}
-        rebuilder = self._rebuilder
-
-        def take(n: int) -> int:
-            # Return the start of n bytes and check they exist.
-            nonlocal pos
-            if n < 0 or pos + n > end:
-                raise self._fail(pos, f"expected {n} bytes of data, only {max(end - pos, 0)} left")
-            start = pos
-            pos += n
-            return start
-
-        def pop_mark() -> list:
-            if not marks:
-                raise self._fail(pos, "an opcode needs a MARK but there is none")
-            k = marks.pop()
-            items = stack[k:]
-            del stack[k:]
-            return items
-
-        def put(index: int) -> None:
-            value = stack[-1]
-            memo[index] = value
-            if isinstance(value, PendingObject):
-                pending_slots.setdefault(id(value), []).append(index)
-
-        while True:
-            self.position = pos
-            if pos >= end:
-                raise self._fail(pos, "the pickle ends without a STOP opcode")
-            op = data[pos]
-            pos += 1
-            if op == _BINPUT:
-                put(data[take(1)])
-            elif op == _BINGET or op == _LONG_BINGET:
-                index = data[take(1)] if op == _BINGET else _unpack_u4(data, take(4))[0]
-                try:
-                    stack.append(memo[index])
-                except KeyError:
-                    raise self._fail(pos, f"memo slot {index} is read before it is written") from None
-            elif op == _BINUNICODE or op == _SHORT_BINUNICODE or op == _BINUNICODE8:
-                if op == _BINUNICODE:
-                    n = _unpack_u4(data, take(4))[0]
-                elif op == _SHORT_BINUNICODE:
-                    n = data[take(1)]
-                else:
-                    n = _unpack_u8(data, take(8))[0]
-                start = take(n)
-                try:
-                    stack.append(data[start:pos].decode("utf-8", "surrogatepass"))
-                except UnicodeDecodeError:
-                    raise self._fail(start, "a unicode string is not valid UTF-8") from None
-            elif op == _MARK:
-                if len(marks) >= MAX_NESTING:
-                    raise FormatError(
-                        f"pickle nests more than {MAX_NESTING} levels deep", record="data.pkl"
-                    )
-                marks.append(len(stack))
-            elif op == _BININT1:
-                stack.append(data[take(1)])
-            elif op == _BININT2:
-                stack.append(_unpack_u2(data, take(2))[0])
-            elif op == _BININT:
-                stack.append(_unpack_i4(data, take(4))[0])
-            elif op == _TUPLE:
-                stack.append(tuple(pop_mark()))
-            elif op == _TUPLE1:
-                stack[-1] = (stack[-1],)
-            elif op == _TUPLE2:
-                b = stack.pop()
-                stack[-1] = (stack[-1], b)
-            elif op == _TUPLE3:
-                c = stack.pop()
-                b = stack.pop()
-                stack[-1] = (stack[-1], b, c)
-            elif op == _EMPTY_TUPLE:
-                stack.append(())
-            elif op == _REDUCE:
-                args = stack.pop()
-                stack[-1] = self._reduce(stack[-1], args, pos - 1)
-            elif op == _BINPERSID:
-                stack[-1] = self._persistent_load(stack[-1])
-            elif op == _GLOBAL:
-                module = self._line(data, pos, end)
-                pos += len(module) + 1
-                name = self._line(data, pos, end)
-                pos += len(name) + 1
-                try:
-                    module_name, attr_name = module.decode("utf-8"), name.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise self._fail(pos, "a GLOBAL name is not valid UTF-8") from None
-                stack.append(self.find_class(module_name, attr_name))
-            elif op == _NEWFALSE:
-                stack.append(False)
-            elif op == _NEWTRUE:
-                stack.append(True)
-            elif op == _NONE:
-                stack.append(None)
-            elif op == _BINFLOAT:
-                stack.append(_unpack_f8(data, take(8))[0])
-            elif op == _EMPTY_DICT:
-                stack.append({})
-            elif op == _EMPTY_LIST:
-                stack.append([])
-            elif op == _SETITEM:
-                value = stack.pop()
-                key = stack.pop()
-                target = stack[-1]
-                if type(target) not in _DICT_TYPES:
-                    raise _refuse_target("SETITEM", target, "dict, OrderedDict or Counter", pos - 1)
-                target[key] = value
-            elif op == _SETITEMS:
-                items = pop_mark()
-                target = stack[-1]
-                if type(target) not in _DICT_TYPES:
-                    raise _refuse_target("SETITEMS", target, "dict, OrderedDict or Counter", pos - 1)
-                if len(items) % 2:
-                    raise self._fail(pos, "SETITEMS needs key/value pairs, got an odd number of items")
-                for i in range(0, len(items), 2):
-                    target[items[i]] = items[i + 1]
-            elif op == _APPEND:
-                value = stack.pop()
-                target = stack[-1]
-                if type(target) is not list:
-                    raise _refuse_target("APPEND", target, "list", pos - 1)
-                target.append(value)
-            elif op == _APPENDS:
-                items = pop_mark()
-                target = stack[-1]
-                if type(target) is not list:
-                    raise _refuse_target("APPENDS", target, "list", pos - 1)
-                target.extend(items)
-            elif op == _BUILD:
-                state = stack.pop()
-                inst = stack[-1]
-                built = self._build(inst, state, pos - 1)
-                if built is not inst:
-                    stack[-1] = built
-                    for index in pending_slots.pop(id(inst), ()):
-                        if memo.get(index) is inst:
-                            memo[index] = built
-            elif op == _LONG_BINPUT:
-                put(_unpack_u4(data, take(4))[0])
-            elif op == _MEMOIZE:
-                put(len(memo))
-            elif op == _LONG1 or op == _LONG4:
-                n = data[take(1)] if op == _LONG1 else _unpack_i4(data, take(4))[0]
-                start = take(n)
-                stack.append(int.from_bytes(data[start:pos], "little", signed=True))
-            elif op == _NEWOBJ:
-                args = stack.pop()
-                stack[-1] = self._newobj(stack[-1], args, pos - 1)
-            elif op == _SHORT_BINSTRING or op == _BINSTRING:
-                n = data[take(1)] if op == _SHORT_BINSTRING else _unpack_i4(data, take(4))[0]
-                start = take(n)
-                stack.append(self._string(data[start:pos]))
-            elif op == _BINBYTES or op == _SHORT_BINBYTES or op == _BINBYTES8:
-                if op == _BINBYTES:
-                    n = _unpack_u4(data, take(4))[0]
-                elif op == _SHORT_BINBYTES:
-                    n = data[take(1)]
-                else:
-                    n = _unpack_u8(data, take(8))[0]
-                start = take(n)
-                stack.append(data[start:pos])
-            elif op == _EMPTY_SET:
-                stack.append(set())
-            elif op == _ADDITEMS:
-                items = pop_mark()
-                target = stack[-1]
-                if type(target) is not set:
-                    raise _refuse_target("ADDITEMS", target, "set", pos - 1)
-                target.update(items)
-            elif op == _FROZENSET:
-                stack.append(frozenset(pop_mark()))
-            elif op == _STACK_GLOBAL:
-                name = stack.pop()
-                module = stack.pop()
-                if type(module) is not str or type(name) is not str:
-                    raise self._fail(pos, "STACK_GLOBAL needs two strings")
-                stack.append(self.find_class(module, name))
-            elif op == _FRAME:
-                take(8)  # a length hint only; the data follows inline
-            elif op == _PROTO:
-                proto = data[take(1)]
-                if proto > 5:
-                    raise self._fail(pos, f"unsupported pickle protocol {proto}")
-            elif op == _POP:
-                if marks and marks[-1] == len(stack):
-                    marks.pop()
-                else:
-                    stack.pop()
-            elif op == _POP_MARK:
-                pop_mark()
-            elif op == _DUP:
-                stack.append(stack[-1])
-            elif op == _STOP:
-                self.position = pos
-                if len(stack) != 1 or marks:
-                    raise self._fail(pos, f"STOP with {len(stack)} objects and {len(marks)} marks left")
-                result = stack[0]
-                if isinstance(result, PendingObject):
-                    self._unfinished.pop(id(result), None)
-                    result = result.resolve()
-                if self._unfinished:
-                    unfinished = ", ".join(sorted({repr(o) for o in self._unfinished.values()}))
-                    raise FormatError(
-                        f"the pickle ends with objects it never finished building: {unfinished}",
-                        record="data.pkl",
-                    )
-                return result
-            elif op in _REFUSED:
-                name, why = _REFUSED[op]
-                raise UnpicklingError(
-                    f"weights_only=True refused pickle opcode {name} at byte {pos - 1}: it {why}. "
-                    f"torch.save never writes it; load the file with weights_only=False only "
-                    f"if you trust its source completely"
-                )
-            else:
-                raise self._fail(pos - 1, f"byte 0x{op:02x} is not a pickle opcode")
+            raise FormatError(f"invalid pickle near byte {pos}: {err}", record="data.pkl") from None
 
     def _line(self, data: bytes, pos: int, end: int) -> bytes:
         newline = data.find(b"\n", pos, min(end, pos + 1024))
