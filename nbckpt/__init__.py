@@ -10,10 +10,12 @@
 
 from .api import load, save, scan
 from .archive import Archive, ArchiveInfo, Record, open
+from .compare import DiffReport, diff
 from .config import LoadEndianness, get_default_load_endianness, set_default_load_endianness
 from .devices import devices
 from .errors import CheckpointError, DeviceError, FormatError, UnpicklingError
 from .format.dtypes import complex32
+from .jupyter import load_ipython_extension
 from .meta import MetaArray
 from .verify import Problem, VerifyReport, verify
 from .pickling.allowlist import (
@@ -30,6 +32,8 @@ __all__ = [
     "open",
     "scan",
     "verify",
+    "diff",
+    "DiffReport",
     "VerifyReport",
     "Problem",
     "Archive",
@@ -50,6 +54,7 @@ __all__ = [
     "FormatError",
     "UnpicklingError",
     "DeviceError",
+    "load_ipython_extension",
 ]
 
 __version__ = "0.1.0"

@@ -334,7 +334,8 @@ class Archive:
             mapped = None
             if self._access is not None:
                 mapped = mmap_module.mmap(self._stream.fileno(), 0, access=self._access)
-            source = ZipSource(self._checkpoint.reader, mapped=mapped)
+            # One array at a time: read exactly its storage, nothing around it.
+            source = ZipSource(self._checkpoint.reader, mapped=mapped, read_ahead=False)
             self._materializer = ZipMaterializer(source, self._device_map,
                                                  byteorder=self._checkpoint.byteorder)
         return self._materializer

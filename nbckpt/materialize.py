@@ -50,8 +50,10 @@ class ZipSource:
     """Storage bytes from the ``data/<key>`` records of a zip checkpoint."""
 
     def __init__(self, reader: ZipReader, *, mapped: mmap_module.mmap | None = None,
-                 skip_data: bool = False, verify: bool = False, on_read: Any = None) -> None:
+                 skip_data: bool = False, verify: bool = False, on_read: Any = None,
+                 read_ahead: bool = True) -> None:
         self._reader = reader
+        self._read_ahead = read_ahead  # small records in one read (may touch the next one)
         self._mapped = mapped
         self._skip_data = skip_data
         self._verify = verify and not skip_data
@@ -76,7 +78,7 @@ class ZipSource:
         make = getattr(backend, "host_buffer", None)
         host = make(nbytes) if make is not None else np.empty(nbytes, dtype=np.uint8)
         if not self._skip_data:
-            self._reader.readinto(name, host, verify=self._verify)
+            self._reader.readinto(name, host, verify=self._verify, read_ahead=self._read_ahead)
             if self._on_read is not None:
                 self._on_read(nbytes)
         return host
@@ -103,6 +105,7 @@ class ZipMaterializer:
         self._swap = byteorder != sys.byteorder
         self._skip_data = skip_data
         self._backends: dict[int, Any] = {}
+        self._placements: dict[str, Any] = {}  # saved tag -> backend, decided once per tag
         self._pending_swap: dict[int, Any] = {}
         self.moved: dict[str, str] = {}
         self.raw_dtypes: set[str] = set()
@@ -163,6 +166,12 @@ class ZipMaterializer:
 
     def backend_for_location(self, location: str) -> Any:
         """The backend a storage saved at ``location`` goes to (per ``map_location``)."""
+        backend = self._placements.get(location)
+        if backend is None:
+            backend = self._placements[location] = self._place(location)
+        return backend
+
+    def _place(self, location: str) -> Any:
         if self._device_map.mode == "auto":
             try:
                 return backend_for(canonical_tag(location), saved_as=location)

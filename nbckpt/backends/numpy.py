@@ -30,7 +30,8 @@ class NumpyBackend:
     def view(self, storage: np.ndarray, dtype: np.dtype, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...]) -> np.ndarray:
         """An array over ``storage`` (bounds were checked by the caller), in bytes."""
-        buffer = storage if storage.dtype == np.uint8 else storage.view(np.uint8)
+        # ml_dtypes arrays cannot export a buffer: view the storage as bytes first.
+        buffer = storage if storage.dtype.isbuiltin == 1 else storage.view(np.uint8)
         return np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset, strides=strides)
 
     def empty(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

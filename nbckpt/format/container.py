@@ -29,6 +29,8 @@ __all__ = ["ZipWriter", "ZipReader", "Entry", "read_exact", "readinto_exact"]
 
 _COPY_CHUNK = 1 << 26  # 64 MiB: bound on single reads from streams without readinto
 _CRC_CHUNK = 1 << 22  # 4 MiB: checked while the bytes just read are still in cache
+_SMALL_RECORD = 1 << 16  # records up to 64 KiB are read with their local header in one go
+_SMALL_EXTRA = 128  # room guessed for the local header's extra field (torch writes <= 88)
 
 
 def _as_bytes_view(data) -> memoryview:
@@ -535,11 +537,13 @@ class ZipReader:
         self.readinto(name, buffer, verify=verify)
         return bytes(buffer)
 
-    def readinto(self, name: str, buffer, *, verify: bool = False) -> None:
+    def readinto(self, name: str, buffer, *, verify: bool = False, read_ahead: bool = False) -> None:
         """Fill ``buffer`` (exactly the record's size) with the content of ``name``.
 
         With ``verify``, the CRC-32 is computed chunk by chunk as the data
         arrives (while it is still in cache) and checked against the directory.
+        ``read_ahead`` lets a small record be read with its local header in one
+        read, which may read a few bytes past it (for loads that read everything).
         """
         entry = self.entry(name)
         view = _as_bytes_view(buffer)
@@ -547,6 +551,11 @@ class ZipReader:
             raise FormatError(
                 f"record {name!r} holds {entry.size} bytes, expected {view.nbytes}", record=name
             )
+        if (read_ahead and entry.data_offset is None and entry.size <= _SMALL_RECORD
+                and entry.method == spec.METHOD_STORED and self._read_small(entry, view)):
+            if verify:
+                self.check_crc(name, zlib.crc32(view))
+            return
         offset = self.data_offset(name)
         self._f.seek(offset)
         if entry.method != spec.METHOD_STORED:
@@ -563,6 +572,30 @@ class ZipReader:
             readinto_exact(self._f, chunk, f"record {name}")
             crc = zlib.crc32(chunk, crc)
         self.check_crc(name, crc)
+
+    def _read_small(self, entry: Entry, view: memoryview) -> bool:
+        """Read a small record's local header and data in one read (most records are small).
+
+        Returns False when the header's extra field is longer than guessed; the
+        caller then reads the usual way.
+        """
+        start = entry.header_offset
+        name_len = len(self._full_name(entry))
+        guess = spec.LOCAL_HEADER.size + name_len + _SMALL_EXTRA + entry.size
+        self._f.seek(self.start + start)
+        chunk = self._f.read(min(guess, self._cd_offset - start))
+        if len(chunk) < spec.LOCAL_HEADER.size:
+            raise FormatError(f"truncated file while reading the local header of {entry.name}", record=entry.name)
+        magic, _, _, method, _, _, _, _, _, local_name_len, extra_len = spec.LOCAL_HEADER.unpack_from(chunk)
+        data_rel = spec.LOCAL_HEADER.size + local_name_len + extra_len
+        if magic != spec.LOCAL_MAGIC or method != entry.method or data_rel + entry.size > len(chunk):
+            return False  # let data_offset() report the problem, or read the long way
+        entry.data_offset = self.start + start + data_rel
+        view[:] = chunk[data_rel : data_rel + entry.size]
+        return True
+
+    def _full_name(self, entry: Entry) -> bytes:
+        return f"{self.prefix}/{entry.name}".encode("utf-8") if self.prefix else entry.name.encode("utf-8")
 
     def check_crc(self, name: str, crc: int) -> None:
         """FormatError unless ``crc`` is the CRC-32 the directory records for ``name``.

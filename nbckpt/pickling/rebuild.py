@@ -100,6 +100,12 @@ _INDEX_LIMIT = 2**63  # sizes, strides and byte counts must fit NumPy's intp
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) is tuple and len(value) <= MAX_NDIM:  # the common case, checked fast
+        for v in value:
+            if type(v) is not int or v < 0 or v >= _INDEX_LIMIT:
+                break
+        else:
+            return value
     if not isinstance(value, (tuple, list)):
         raise FormatError(f"{what} must be a tuple of integers, got {type(value).__name__}")
     if len(value) > MAX_NDIM:
@@ -288,15 +294,20 @@ class Rebuilder:
 
     def load_storage(self, storage_class: Any, key: Any, location: Any, numel: Any) -> Any:
         """Validate one storage reference and return its (cached) storage object."""
-        if not isinstance(storage_class, StorageClass):
+        if type(storage_class) is not StorageClass:
             raise FormatError(f"storage class must be a torch storage class, got {storage_class!r}")
-        key = _ascii(key)
-        location = _ascii(location)
-        if not isinstance(key, str) or not isinstance(location, str):
+        if type(key) is not str:
+            key = _ascii(key)
+        if type(location) is not str:
+            location = _ascii(location)
+        if type(key) is not str or type(location) is not str:
             raise FormatError(f"storage key and location must be strings, got {key!r} and {location!r}")
-        if not _is_int(numel) or numel < 0:
+        if type(numel) is not int:
+            if not _is_int(numel):
+                raise FormatError(f"storage {key!r} declares {numel!r} elements; expected a count >= 0")
+            numel = int(numel)
+        if numel < 0:
             raise FormatError(f"storage {key!r} declares {numel!r} elements; expected a count >= 0")
-        numel = int(numel)
         dtype = storage_class.dtype
         cached = self._storages.get(key)
         if cached is not None:
@@ -342,16 +353,18 @@ class Rebuilder:
         if 0 in shape:
             _check_empty_shape(shape, itemsize)
             return self._materializer.empty(storage, dtype, shape)
-        last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
+        last = offset
+        for n, s in zip(shape, strides):
+            last += (n - 1) * s
         if (last + 1) * itemsize > nbytes:
             raise FormatError(
                 f"array of size {shape}, stride {strides} at offset {offset} needs "
                 f"{(last + 1) * itemsize} bytes of storage {key!r}, which holds {nbytes}",
                 record=f"data/{key}",
             )
-        return self._materializer.view(
-            storage, dtype, offset * itemsize, shape, tuple(s * itemsize for s in strides)
-        )
+        if itemsize != 1:
+            strides = tuple([s * itemsize for s in strides])
+        return self._materializer.view(storage, dtype, offset * itemsize, shape, strides)
 
     def rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
         """``torch._utils._rebuild_tensor``: the oldest form of an array."""

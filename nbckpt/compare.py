@@ -1,0 +1,370 @@
+"""Compare two checkpoints record by record: ``nbckpt.diff(a, b)``.
+
+Both checkpoints are opened lazily (:func:`nbckpt.open`) and their arrays are
+matched by dotted name. The report lists the records only in A, only in B, in
+both with another shape or dtype, and in both with other values; equal records
+are only counted. Values are compared one array at a time, in chunks of
+:data:`CHUNK` elements, so memory stays bounded whatever the checkpoints hold:
+
+- floats (float16/32/64, bfloat16 and float8 through float32) in float64: the
+  largest absolute difference and the largest relative difference, relative to
+  the larger magnitude of the two values (``|a - b| / max(|a|, |b|)``, so a
+  parameter that moved away from 0 has relative difference 1, not infinity).
+  NaN equals NaN; a NaN on one side only is counted in ``nan_mismatch`` and
+  left out of the maxima;
+- complex numbers by the magnitude of the difference (complex32 through complex64);
+- integers and booleans exactly (``max_abs`` is an exact ``int``);
+- raw torch types (``bits8``...) by their bytes (how many elements differ).
+
+Non-array entries (``archive.values``: numbers, strings, configurations) are
+compared too.
+
+    >>> import io, numpy as np, nbckpt
+    >>> def saved(obj):
+    ...     buf = io.BytesIO(); nbckpt.save(obj, buf); buf.seek(0); return buf
+    >>> a = saved({"w": np.array([1.0, 2.0, 4.0]), "b": np.zeros(2), "epoch": 1})
+    >>> b = saved({"w": np.array([1.0, 2.5, 4.0]), "c": np.ones(2), "epoch": 2})
+    >>> report = nbckpt.diff(a, b)
+    >>> [(d.name, d.change) for d in report.records], report.equal_records
+    ([('w', 'values'), ('b', 'only in A'), ('c', 'only in B')], 0)
+    >>> report.records[0].max_abs, report.records[0].max_rel, report.values[0].change
+    (0.5, 0.2, 'value')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .archive import Archive, Record
+from .numeric import array_module, computable, numeric_kind, to_host, to_scalar
+from .meta import MetaArray
+from .summary import format_shape, table_html, table_text
+
+__all__ = ["diff", "DiffReport", "RecordDiff", "ValueDiff", "Difference", "array_difference", "CHUNK"]
+
+#: Elements compared at a time (bounds the float64 temporaries to a few MiB).
+CHUNK = 1 << 20
+
+#: Stands for "no such entry" in a :class:`ValueDiff`.
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+
+
+class Difference(NamedTuple):
+    """How two arrays of one shape differ: element counts and the largest differences.
+
+    ``max_abs`` is an ``int`` for integer and boolean arrays, a ``float`` otherwise,
+    and ``None`` when nothing comparable differs (or for raw types).
+    """
+
+    differing: int
+    max_abs: float | int | None
+    max_rel: float | None
+    nan_mismatch: int = 0
+
+
+@dataclass(frozen=True)
+class RecordDiff:
+    """One array that is not the same in both checkpoints.
+
+    ``change`` is ``"only in A"``, ``"only in B"``, ``"shape"``, ``"dtype"``,
+    ``"shape and dtype"`` or ``"values"``; for ``"values"``, ``differing`` counts
+    the elements that differ and ``max_abs``/``max_rel`` are the largest
+    absolute and relative differences (see the module doc). ``note`` says why
+    values could not be compared, when they could not.
+    """
+
+    name: str
+    change: str
+    a: Record | None
+    b: Record | None
+    differing: int | None = None
+    max_abs: float | int | None = None
+    max_rel: float | None = None
+    nan_mismatch: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ValueDiff:
+    """One non-array entry that is not the same: ``change`` is ``"only in A"``,
+    ``"only in B"`` or ``"value"``; a missing side is :data:`MISSING`."""
+
+    name: str
+    change: str
+    a: Any = MISSING
+    b: Any = MISSING
+
+
+_CHANGE_PHRASES = {"values": "with other values", "shape": "with another shape", "dtype": "with another dtype",
+                   "shape and dtype": "with another shape and dtype"}
+
+
+@dataclass
+class DiffReport:
+    """What :func:`diff` found. Equal records and values are counted, not listed."""
+
+    source_a: str
+    source_b: str
+    records: list[RecordDiff] = field(default_factory=list)
+    values: list[ValueDiff] = field(default_factory=list)
+    equal_records: int = 0
+    equal_values: int = 0
+
+    COLUMNS = ("name", "change", "A", "B", "max abs diff", "max rel diff")
+
+    @property
+    def identical(self) -> bool:
+        """True when every array and value is the same in both checkpoints."""
+        return not self.records and not self.values
+
+    def only_in(self, side: str) -> list[str]:
+        """Names of the arrays only in ``"A"`` or only in ``"B"``."""
+        return [d.name for d in self.records if d.change == f"only in {side}"]
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """One row of strings per difference, in :attr:`COLUMNS` order."""
+        rows = [_record_row(d) for d in self.records]
+        rows += [(d.name, d.change, _short(d.a), _short(d.b), "", "") for d in self.values]
+        return rows
+
+    def summary(self) -> str:
+        """One line: how many arrays and values are equal and how many differ."""
+        counts: dict[str, int] = {}
+        for d in self.records:
+            counts[d.change] = counts.get(d.change, 0) + 1
+        parts = [f"{n} {_CHANGE_PHRASES.get(change, change)}" for change, n in counts.items()]
+        line = f"{self.source_a} vs {self.source_b}: {_count(self.equal_records, 'array')} equal"
+        if parts:
+            line += ", " + ", ".join(parts)
+        line += f"; {_count(self.equal_values, 'other value')} equal"
+        if self.values:
+            line += f", {len(self.values)} differ"
+        return line
+
+    def __str__(self) -> str:
+        rows = self.rows()
+        return self.summary() + ("\n\n" + table_text(self.COLUMNS, rows) if rows else "")
+
+    def _repr_html_(self) -> str:
+        return table_html(self.COLUMNS, self.rows(), caption=self.summary())
+
+
+def diff(a: Any, b: Any, *, map_location: Any = "cpu") -> DiffReport:
+    """Compare checkpoints ``a`` and ``b`` (paths, file objects or open :class:`Archive`\\ s).
+
+    Arrays are read one at a time onto ``map_location`` (by default the host;
+    ``"cuda:0"`` compares on a GPU) with the safe loader. See the module doc for
+    how values are compared.
+
+        >>> import io, numpy as np, nbckpt
+        >>> buf = io.BytesIO(); nbckpt.save({"w": np.arange(3)}, buf)
+        >>> nbckpt.diff(io.BytesIO(buf.getvalue()), io.BytesIO(buf.getvalue())).identical
+        True
+    """
+    archive_a, close_a = _as_archive(a, map_location)
+    try:
+        archive_b, close_b = _as_archive(b, map_location)
+        try:
+            return _diff_archives(archive_a, archive_b)
+        finally:
+            if close_b:
+                archive_b.close()
+    finally:
+        if close_a:
+            archive_a.close()
+
+
+def _as_archive(f: Any, map_location: Any) -> tuple[Archive, bool]:
+    if isinstance(f, Archive):
+        return f, False
+    return Archive(f, map_location=map_location), True
+
+
+def _diff_archives(a: Archive, b: Archive) -> DiffReport:
+    report = DiffReport(a.source, b.source)
+    names_b = {r.name for r in b.records}
+    seen: set[str] = set()
+    for record_a in a.records:
+        if record_a.name in seen:
+            continue
+        seen.add(record_a.name)
+        if record_a.name not in names_b:
+            report.records.append(RecordDiff(record_a.name, "only in A", record_a, None))
+            continue
+        found = _diff_record(a, b, record_a, b.record(record_a.name))
+        if found is None:
+            report.equal_records += 1
+        else:
+            report.records.append(found)
+    for record_b in b.records:
+        if record_b.name not in seen:
+            seen.add(record_b.name)
+            report.records.append(RecordDiff(record_b.name, "only in B", None, record_b))
+    for name, value in a.values.items():
+        if name not in b.values:
+            report.values.append(ValueDiff(name, "only in A", a=value))
+        elif _same_value(value, b.values[name]):
+            report.equal_values += 1
+        else:
+            report.values.append(ValueDiff(name, "value", a=value, b=b.values[name]))
+    report.values += [ValueDiff(name, "only in B", b=value) for name, value in b.values.items()
+                      if name not in a.values]
+    return report
+
+
+def _diff_record(a: Archive, b: Archive, ra: Record, rb: Record) -> RecordDiff | None:
+    shape_changed, dtype_changed = ra.shape != rb.shape, ra.dtype != rb.dtype
+    if shape_changed or dtype_changed:
+        change = "shape and dtype" if shape_changed and dtype_changed else "shape" if shape_changed else "dtype"
+        return RecordDiff(ra.name, change, ra, rb)
+    array_a, array_b = a[ra.name], b[rb.name]
+    meta_a, meta_b = isinstance(array_a, MetaArray), isinstance(array_b, MetaArray)
+    if meta_a and meta_b:
+        return None
+    if meta_a or meta_b:
+        side = "A" if meta_a else "B"
+        return RecordDiff(ra.name, "values", ra, rb, note=f"a meta tensor (no data) in {side}: values not compared")
+    found = array_difference(array_a, array_b)
+    if not found.differing:
+        return None
+    return RecordDiff(ra.name, "values", ra, rb, found.differing, found.max_abs, found.max_rel, found.nan_mismatch)
+
+
+def array_difference(a: Any, b: Any) -> Difference:
+    """How arrays ``a`` and ``b`` (same shape and dtype) differ, chunk by chunk.
+
+        >>> array_difference(np.array([1, 5, -3]), np.array([1, 2, 3]))
+        Difference(differing=2, max_abs=6, max_rel=2.0, nan_mismatch=0)
+    """
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"arrays differ in shape or dtype: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
+    if array_module(a) is not array_module(b):  # one on the host, one on a GPU
+        a, b = to_host(a), to_host(b)
+    xp = array_module(a)
+    kind = numeric_kind(a.dtype)
+    if kind is None:  # raw bits: compare them as plain unsigned integers
+        if a.dtype.fields is None:
+            plain = np.dtype(f"u{a.dtype.itemsize}")
+            a, b = a.view(plain), b.view(plain)
+        else:
+            a, b = xp.ascontiguousarray(a).view(np.uint8), xp.ascontiguousarray(b).view(np.uint8)
+        kind = "bytes"
+    else:
+        a, b = computable(a), computable(b)
+    flat_a, flat_b = xp.ravel(a), xp.ravel(b)
+    total = _Totals()
+    for start in range(0, int(flat_a.size), CHUNK):
+        _compare_chunk(xp, kind, flat_a[start:start + CHUNK], flat_b[start:start + CHUNK], total)
+    return Difference(total.differing, total.max_abs, total.max_rel, total.nan_mismatch)
+
+
+@dataclass
+class _Totals:
+    differing: int = 0
+    max_abs: Any = None
+    max_rel: float | None = None
+    nan_mismatch: int = 0
+
+    def add(self, max_abs: Any, max_rel: float | None) -> None:
+        if max_abs is not None and (self.max_abs is None or max_abs > self.max_abs):
+            self.max_abs = max_abs
+        if max_rel is not None and (self.max_rel is None or max_rel > self.max_rel):
+            self.max_rel = max_rel
+
+
+def _compare_chunk(xp: Any, kind: str, a: Any, b: Any, total: _Totals) -> None:
+    if kind in ("float", "complex"):
+        wide = xp.complex128 if kind == "complex" else xp.float64
+        a, b = a.astype(wide), b.astype(wide)
+        nan_a, nan_b = xp.isnan(a), xp.isnan(b)
+        differs = ~((a == b) | (nan_a & nan_b))
+        count = int(to_scalar(xp.count_nonzero(differs)))
+        if not count:
+            return
+        total.differing += count
+        one_nan = nan_a ^ nan_b
+        total.nan_mismatch += int(to_scalar(xp.count_nonzero(one_nan)))
+        compared = differs & ~one_nan
+        if not bool(to_scalar(xp.any(compared))):
+            return
+        a, b = a[compared], b[compared]
+        gap = xp.abs(a - b)
+        scale = xp.maximum(xp.abs(a), xp.abs(b))
+        total.add(float(to_scalar(xp.max(gap))), _max_ratio(xp, gap, scale))
+        return
+    differs = a != b
+    count = int(to_scalar(xp.count_nonzero(differs)))
+    if not count:
+        return
+    total.differing += count
+    if kind == "bytes":
+        return
+    if kind == "bool":
+        total.add(1, 1.0)
+        return
+    a, b = a[differs], b[differs]
+    # |a - b| exactly, for every integer type: the larger minus the smaller, in
+    # uint64, where the true difference (< 2**64) is what the wrapped subtraction gives.
+    high, low = xp.maximum(a, b), xp.minimum(a, b)
+    gap = high.astype(xp.uint64) - low.astype(xp.uint64)
+    scale = xp.maximum(xp.abs(a.astype(xp.float64)), xp.abs(b.astype(xp.float64)))
+    total.add(int(to_scalar(xp.max(gap))), _max_ratio(xp, gap.astype(xp.float64), scale))
+
+
+def _max_ratio(xp: Any, gap: Any, scale: Any) -> float | None:
+    """max(gap / scale) where both are finite and scale > 0 (None when nowhere)."""
+    usable = xp.isfinite(gap) & xp.isfinite(scale) & (scale > 0)
+    if not bool(to_scalar(xp.any(usable))):
+        return None
+    return float(to_scalar(xp.max(gap[usable] / scale[usable])))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    try:
+        equal = a == b
+        if isinstance(equal, (bool, np.bool_)) and equal:
+            return True
+    except Exception:  # values of arbitrary types may refuse to compare
+        pass
+    # NaN != NaN, and containers holding NaN: fall back to their text
+    return repr(a) == repr(b)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _describe(record: Record | None) -> str:
+    return "" if record is None else f"{format_shape(record.shape)} {record.dtype}"
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _record_row(d: RecordDiff) -> tuple[str, ...]:
+    change = d.change
+    if d.change == "values":
+        if d.differing is not None:
+            size = d.a.size if d.a is not None else 0
+            change = f"values ({d.differing} of {size} differ"
+            change += f", {d.nan_mismatch} NaN on one side)" if d.nan_mismatch else ")"
+        if d.note:
+            change += f": {d.note}"
+    return (d.name, change, _describe(d.a), _describe(d.b), _number(d.max_abs), _number(d.max_rel))
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    if value is MISSING:
+        return ""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
