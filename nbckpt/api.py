@@ -143,8 +143,10 @@ def load(
             bar = progress_bar(total, "loading", progress)
             try:
                 with map_file(stream, access) as mapped:
+                    # Our own file handle may read small records with their headers in one
+                    # go; a caller's file object gets exact readinto() calls.
                     source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data, verify=verify,
-                                       on_read=bar.update)
+                                       on_read=bar.update, read_ahead=_path is not None)
                     materializer = ZipMaterializer(source, device_map, byteorder=checkpoint.byteorder,
                                                    skip_data=skip_data)
                     result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,

@@ -207,6 +207,8 @@ def leading_values(array: Any, n: int) -> np.ndarray:
             continue
         view = view[: -(-n // inner)]
         break
+    if view.ndim == 1:
+        view = view[:n]
     return to_host(view).reshape(-1)[:n]
 
 
