@@ -1,0 +1,223 @@
+"""nbckpt.diff: two checkpoints compared record by record."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import nbckpt
+from nbckpt import compare
+from nbckpt.compare import Difference, array_difference
+from nbckpt.format.dtypes import by_torch_name
+
+
+def torch_file(obj, folder, name) -> str:
+    path = str(folder / name)
+    torch.save(obj, path)
+    return path
+
+
+def saved(obj) -> io.BytesIO:
+    buf = io.BytesIO()
+    nbckpt.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Checkpoints of one small model after 1 and after 3 Adam steps, as torch saves them.
+
+    Between them: the head is replaced by a wider one (shape), a new EMA copy
+    appears, the frozen embedding stays equal, one buffer changes dtype and
+    the epoch counter moves.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    embedding = torch.randn(10, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def train(steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            model(torch.randn(16, 4)).pow(2).mean().backward()
+            opt.step()
+
+    train(1)
+    first = {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+             "embedding": embedding, "mask": torch.ones(4, dtype=torch.float32), "epoch": 1, "lr": 0.01}
+    a = torch_file(first, tmp_path, "step1.pt")
+    train(2)
+    state = copy.deepcopy(model.state_dict())
+    state["2.weight"] = torch.randn(3, 8)  # a wider head
+    second = {"model": state, "opt": opt.state_dict(), "embedding": embedding,
+              "mask": torch.ones(4, dtype=torch.float16), "ema": {"0.weight": state["0.weight"] * 0.5},
+              "epoch": 3, "lr": 0.01}
+    b = torch_file(second, tmp_path, "step3.pt")
+    return a, b, first, second
+
+
+def test_training_checkpoints(two_runs):
+    a, b, first, second = two_runs
+    report = nbckpt.diff(a, b)
+    changes = {d.name: d.change for d in report.records}
+    assert report.only_in("A") == []
+    assert report.only_in("B") == ["ema.0.weight"]
+    assert changes["model.2.weight"] == "shape"
+    assert changes["mask"] == "dtype"
+    assert "embedding" not in changes and "model.1.weight" in changes
+    for name in ("model.0.weight", "model.0.bias", "model.1.weight", "model.2.bias", "opt.state.0.exp_avg",
+                 "opt.state.0.exp_avg_sq", "opt.state.0.step"):
+        d = next(d for d in report.records if d.name == name)
+        old, new = first, second
+        for key in d.a.path:
+            old, new = old[key], new[key]
+        old64, new64 = old.numpy().astype(np.float64), new.numpy().astype(np.float64)
+        gap = np.abs(old64 - new64)
+        assert d.change == "values"
+        assert d.differing == np.count_nonzero(old.numpy() != new.numpy())
+        assert d.max_abs == gap.max()  # exact: float64 of the float32 values
+        scale = np.maximum(np.abs(old64), np.abs(new64))
+        assert d.max_rel == pytest.approx((gap[gap > 0] / scale[gap > 0]).max(), rel=1e-15)
+    equal = [r.name for r in nbckpt.open(a).records if r.name not in changes]
+    assert report.equal_records == len(equal) and "embedding" in equal
+    assert [(v.name, v.change, v.a, v.b) for v in report.values] == [("epoch", "value", 1, 3)]
+    assert report.equal_values > 0 and not report.identical
+
+
+def test_rows_and_text(two_runs):
+    a, b, _, _ = two_runs
+    report = nbckpt.diff(a, b)
+    rows = {row[0]: row for row in report.rows()}
+    assert rows["ema.0.weight"] == ("ema.0.weight", "only in B", "", "(8, 4) float32", "", "")
+    assert rows["model.2.weight"][1:4] == ("shape", "(2, 8) float32", "(3, 8) float32")
+    assert rows["mask"][1:4] == ("dtype", "(4,) float32", "(4,) float16")
+    assert rows["opt.state.0.step"][1:5] == ("values (1 of 1 differ)", "() float32", "() float32", "2")
+    assert rows["epoch"] == ("epoch", "value", "1", "3", "", "")
+    text = str(report)
+    assert report.equal_records == 1  # the frozen embedding
+    assert text.splitlines()[0] == (f"{a} vs {b}: 1 array equal, 23 with other values, 1 with another shape, "
+                                    f"1 with another dtype, 1 only in B; 2 other values equal, 1 differ")
+    assert report.COLUMNS == ("name", "change", "A", "B", "max abs diff", "max rel diff")
+    html = report._repr_html_()
+    assert "<td style='text-align:left'>only in B</td>" in html
+
+
+def test_same_file_is_identical(two_runs):
+    a, _, _, _ = two_runs
+    report = nbckpt.diff(a, a)
+    assert report.identical and report.rows() == [] and report.equal_records == len(nbckpt.open(a).records)
+    assert str(report) == f"{a} vs {a}: {report.equal_records} arrays equal; {report.equal_values} other values equal"
+
+
+def test_open_archives_are_used_and_left_open(two_runs):
+    a, b, _, _ = two_runs
+    with nbckpt.open(a) as archive_a, nbckpt.open(b) as archive_b:
+        report = nbckpt.diff(archive_a, archive_b)
+        assert archive_a["embedding"].shape == (10, 4)  # still open
+    assert report.only_in("B") == ["ema.0.weight"]
+
+
+def test_file_objects_and_values_only_on_one_side():
+    a = saved({"w": np.ones(3), "name": "a", "cfg": {"depth": 2}})
+    b = saved({"w": np.ones(3), "note": "b", "cfg": {"depth": 2}})
+    report = nbckpt.diff(a, b)
+    assert report.records == [] and report.equal_records == 1 and report.equal_values == 1
+    assert [(v.name, v.change) for v in report.values] == [("name", "only in A"), ("note", "only in B")]
+
+
+# --------------------------------------------------------------------------------------
+# array_difference
+
+
+def test_floats_nan_equal_nan_and_one_sided_nan_counted_apart():
+    a = np.array([1.0, np.nan, 3.0, np.inf, 5.0, np.nan], dtype=np.float32)
+    b = np.array([1.0, np.nan, 3.5, np.inf, np.nan, 1.0], dtype=np.float32)
+    assert array_difference(a, b) == Difference(differing=3, max_abs=0.5, max_rel=0.5 / 3.5, nan_mismatch=2)
+
+
+def test_inf_against_finite_is_an_infinite_difference():
+    found = array_difference(np.array([np.inf, 1.0]), np.array([2.0, 1.0]))
+    assert found.differing == 1 and found.max_abs == np.inf and found.max_rel is None
+
+
+def test_moving_away_from_zero_is_relative_difference_one():
+    found = array_difference(np.zeros(3), np.array([0.0, -2.0, 1e-30]))
+    assert found == Difference(2, 2.0, 1.0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint64])
+def test_integers_exact_even_at_the_extremes(dtype):
+    info = np.iinfo(dtype)
+    a = np.array([info.min, 5, info.max], dtype=dtype)
+    b = np.array([info.max, 5, info.max], dtype=dtype)
+    found = array_difference(a, b)
+    assert found.differing == 1
+    assert found.max_abs == int(info.max) - int(info.min) and type(found.max_abs) is int
+    assert found.max_rel == pytest.approx((int(info.max) - int(info.min)) / max(abs(int(info.min)), int(info.max)))
+
+
+def test_bools():
+    assert array_difference(np.array([True, False]), np.array([True, True])) == Difference(1, 1, 1.0, 0)
+
+
+def test_complex_by_magnitude_of_the_difference():
+    found = array_difference(np.array([1 + 1j, 2j], np.complex64), np.array([1 + 1j, 3 + 6j], np.complex64))
+    assert found.differing == 1 and found.max_abs == 5.0 and found.max_rel == pytest.approx(5 / abs(3 + 6j))
+
+
+def test_bfloat16_and_float8_through_float32():
+    for dtype in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn):
+        a, b = np.array([1.0, 2.0], dtype), np.array([1.0, 1.5], dtype)
+        assert array_difference(a, b) == Difference(1, 0.5, 0.25, 0)
+
+
+def test_complex32():
+    a = np.zeros(2, nbckpt.complex32)
+    b = a.copy()
+    b["imag"][1] = 2
+    assert array_difference(a, b) == Difference(1, 2.0, 1.0, 0)
+
+
+def test_raw_bits_count_differing_elements():
+    dtype = by_torch_name("bits16").numpy
+    a, b = np.array([1, 2, 3], dtype), np.array([1, 9, 3], dtype)
+    assert array_difference(a, b) == Difference(1, None, None, 0)
+
+
+def test_chunks_give_the_same_answer(monkeypatch):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(70, 30))
+    b = a + rng.normal(size=a.shape) * (rng.random(a.shape) < 0.1)
+    whole = array_difference(a, b)
+    monkeypatch.setattr(compare, "CHUNK", 97)
+    assert array_difference(a, b) == whole
+    assert array_difference(a.T, b.T) == whole  # non-contiguous
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="arrays differ in shape or dtype"):
+        array_difference(np.zeros(2), np.zeros(3))
+
+
+def test_meta_tensors():
+    a = saved({"m": nbckpt.MetaArray((2, 2), np.float32), "n": nbckpt.MetaArray((2,), np.float32)})
+    b = saved({"m": nbckpt.MetaArray((2, 2), np.float32), "n": np.zeros(2, np.float32)})
+    report = nbckpt.diff(a, b)
+    assert report.equal_records == 1
+    [d] = report.records
+    assert (d.name, d.change, d.differing, d.note) == ("n", "values", None,
+                                                       "a meta tensor (no data) in A: values not compared")
+    assert report.rows()[0][1] == "values: a meta tensor (no data) in A: values not compared"
+
+
+def test_errors_come_from_opening():
+    with pytest.raises(FileNotFoundError):
+        nbckpt.diff("/nonexistent/a.pt", saved({}))
+    with pytest.raises(nbckpt.FormatError):
+        nbckpt.diff(io.BytesIO(b"not a checkpoint at all"), saved({}))
