@@ -18,6 +18,7 @@ array is read when asked for, and only its storage is read.
 from __future__ import annotations
 
 import builtins
+import math
 import mmap as mmap_module
 import os
 import weakref
@@ -67,7 +68,7 @@ class Record:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -437,7 +438,7 @@ def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
                                   nbytes=ref.nbytes, storage="", offset=0, strides=ref.strides))
             continue
         itemsize = ref.dtype.itemsize
-        size = int(np.prod(ref.shape, dtype=np.int64)) if ref.shape else 1
+        size = math.prod(ref.shape)
         records.append(Record(
             name=name,
             path=path,

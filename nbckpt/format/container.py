@@ -31,6 +31,7 @@ _COPY_CHUNK = 1 << 26  # 64 MiB: bound on single reads from streams without read
 _CRC_CHUNK = 1 << 22  # 4 MiB: checked while the bytes just read are still in cache
 _SMALL_RECORD = 1 << 16  # records up to 64 KiB are read with their local header in one go
 _SMALL_EXTRA = 128  # room guessed for the local header's extra field (torch writes <= 88)
+_BLOCK = 1 << 22  # 4 MiB: how far small records are read ahead
 
 
 def _as_bytes_view(data) -> memoryview:
@@ -272,6 +273,7 @@ class ZipReader:
                 record=first.name,
             )
         self._records: dict[str, Entry] = {}
+        self._block: tuple[bytes, int] = (b"", 0)  # read-ahead block for small records
         prefix = self.prefix + "/"
         for full, entry in self._entries.items():
             if not full.startswith(prefix):
@@ -574,24 +576,30 @@ class ZipReader:
         self.check_crc(name, crc)
 
     def _read_small(self, entry: Entry, view: memoryview) -> bool:
-        """Read a small record's local header and data in one read (most records are small).
+        """Copy a small record out of a block read ahead of it (most records are small).
 
-        Returns False when the header's extra field is longer than guessed; the
-        caller then reads the usual way.
+        Blocks of up to 4 MiB are read sequentially, so a file of thousands of
+        small arrays costs a few large reads instead of two per record. Returns
+        False when the record is not laid out as expected; the caller then reads
+        it the usual way (which reports any problem).
         """
-        start = entry.header_offset
-        name_len = len(self._full_name(entry))
-        guess = spec.LOCAL_HEADER.size + name_len + _SMALL_EXTRA + entry.size
-        self._f.seek(self.start + start)
-        chunk = self._f.read(min(guess, self._cd_offset - start))
-        if len(chunk) < spec.LOCAL_HEADER.size:
-            raise FormatError(f"truncated file while reading the local header of {entry.name}", record=entry.name)
-        magic, _, _, method, _, _, _, _, _, local_name_len, extra_len = spec.LOCAL_HEADER.unpack_from(chunk)
-        data_rel = spec.LOCAL_HEADER.size + local_name_len + extra_len
-        if magic != spec.LOCAL_MAGIC or method != entry.method or data_rel + entry.size > len(chunk):
-            return False  # let data_offset() report the problem, or read the long way
-        entry.data_offset = self.start + start + data_rel
-        view[:] = chunk[data_rel : data_rel + entry.size]
+        start = entry.header_offset  # relative to the archive
+        need = spec.LOCAL_HEADER.size + len(self._full_name(entry)) + _SMALL_EXTRA + entry.size
+        block, block_start = self._block
+        if not (block_start <= start and start + need <= block_start + len(block)):
+            size = min(max(need, _BLOCK), self._cd_offset - start)
+            self._f.seek(self.start + start)
+            block, block_start = self._f.read(size), start
+            self._block = (block, block_start)
+        at = start - block_start
+        if len(block) - at < spec.LOCAL_HEADER.size:
+            return False
+        magic, _, _, method, _, _, _, _, _, local_name_len, extra_len = spec.LOCAL_HEADER.unpack_from(block, at)
+        data_at = at + spec.LOCAL_HEADER.size + local_name_len + extra_len
+        if magic != spec.LOCAL_MAGIC or method != entry.method or data_at + entry.size > len(block):
+            return False
+        entry.data_offset = self.start + block_start + data_at
+        view[:] = block[data_at : data_at + entry.size]
         return True
 
     def _full_name(self, entry: Entry) -> bytes:

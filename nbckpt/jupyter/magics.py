@@ -99,8 +99,9 @@ def _user_errors(*, subject: str = "the file", unpickling: str = "", device: str
         yield
     except UsageError:
         raise
-    except IsADirectoryError as err:
-        raise UsageError(f"{err.filename} is a folder: give the path of a checkpoint file.") from err
+    except IsADirectoryError as err:  # when saving, filename is the temporary file, filename2 the target
+        raise UsageError(f"{err.filename2 or err.filename} is a folder: give the path of a checkpoint "
+                         f"file.") from err
     except FileNotFoundError as err:
         if err.filename is None:  # nbckpt's own message (a folder that does not exist)
             raise UsageError(f"{err.strerror}.") from err
@@ -162,7 +163,11 @@ class CheckpointMagics(Magics):
             argv = arg_split(rest, posix=os.name != "nt", strict=True)
         except ValueError as err:  # unbalanced quotes
             raise UsageError(f"%{method.parser.prog}: cannot split the arguments ({err}); close every quote.") from None
-        return method.parser.parse_args(argv)
+        try:
+            return method.parser.parse_args(argv)
+        except UsageError as err:  # argparse's message alone does not say which sub-command
+            usage = method.parser.format_usage().removeprefix("::").strip()
+            raise UsageError(f"{err}. Usage: {usage}") from None
 
     # -- sub-commands ---------------------------------------------------------------------------
 
@@ -309,8 +314,9 @@ class CheckpointMagics(Magics):
         summary = stats.array_stats(array)
         first = stats.first_values(array)
         heading = f"{args.name} in {path}"
-        text = f"{heading}\n{summary}\nfirst values  {first}"
-        html_text = views.pairs_html(summary.rows() + [("first values", first)], caption=heading)
+        rows = summary.rows() + [("first values", first)]
+        text = f"{heading}\n{views.pairs_text(rows)}"
+        html_text = views.pairs_html(rows, caption=heading)
         display(views.bundle(text, html_text), raw=True)
         try:
             histogram, heatmap = pictures.histogram_png(array), pictures.heatmap_png(array)

@@ -145,6 +145,10 @@ class StoragePlanner:
         self._views[id(array)] = planned
         return planned
 
+    def planned(self, array: Any) -> PlannedView:
+        """The view planned for ``array`` by :meth:`add`."""
+        return self._views[id(array)]
+
     def _new_storage(self, dtype: torch_dtypes.TorchDtype, location: str, backend: Any) -> PlannedStorage:
         storage = PlannedStorage(dtype, location, backend=backend)
         self._storages.append(storage)

@@ -240,13 +240,28 @@ class SafeUnpickler:
             while True:
                 op = data[pos]
                 pos += 1
-                if op == _BINPUT:
+                # Ordered by how often torch checkpoints use them (LONG_BINPUT first:
+                # any file of more than a few arrays memoizes past slot 255).
+                if op == _LONG_BINPUT:
+                    index = _unpack_u4(data, pos)[0]
+                    pos += 4
+                    value = memo[index] = stack[-1]
+                    if unfinished and id(value) in unfinished:
+                        pending_slots.setdefault(id(value), []).append(index)
+                elif op == _BINGET:
+                    append(memo[data[pos]])
+                    pos += 1
+                elif op == _BININT1:
+                    append(data[pos])
+                    pos += 1
+                elif op == _MARK:
+                    if len(marks) >= MAX_NESTING:
+                        raise FormatError(f"pickle nests more than {MAX_NESTING} levels deep", record="data.pkl")
+                    marks.append(len(stack))
+                elif op == _BINPUT:
                     value = memo[data[pos]] = stack[-1]
                     if unfinished and id(value) in unfinished:
                         pending_slots.setdefault(id(value), []).append(data[pos])
-                    pos += 1
-                elif op == _BINGET:
-                    append(memo[data[pos]])
                     pos += 1
                 elif op == _BINUNICODE:
                     n = _unpack_u4(data, pos)[0]
@@ -255,13 +270,6 @@ class SafeUnpickler:
                         raise self._short(pos, n, end)
                     append(data[pos : pos + n].decode("utf-8", "surrogatepass"))
                     pos += n
-                elif op == _MARK:
-                    if len(marks) >= MAX_NESTING:
-                        raise FormatError(f"pickle nests more than {MAX_NESTING} levels deep", record="data.pkl")
-                    marks.append(len(stack))
-                elif op == _BININT1:
-                    append(data[pos])
-                    pos += 1
                 elif op == _TUPLE:
                     if not marks:
                         raise self._fail(pos, "TUPLE needs a MARK but there is none")
@@ -309,12 +317,6 @@ class SafeUnpickler:
                 elif op == _LONG_BINGET:
                     append(memo[_unpack_u4(data, pos)[0]])
                     pos += 4
-                elif op == _LONG_BINPUT:
-                    index = _unpack_u4(data, pos)[0]
-                    pos += 4
-                    value = memo[index] = stack[-1]
-                    if unfinished and id(value) in unfinished:
-                        pending_slots.setdefault(id(value), []).append(index)
                 elif op == _BININT:
                     append(_unpack_i4(data, pos)[0])
                     pos += 4

@@ -22,6 +22,7 @@ saved twice loads as one object, and recursive lists and dicts work.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -92,9 +93,6 @@ class SavePlan:
             ) from None
         plan.planner.finish()
         return plan
-
-    def view_of(self, array) -> PlannedView:
-        return self.planner.add(array)
 
     def _walk(self, obj, path: str, active: set[int]) -> None:
         t = type(obj)
@@ -183,7 +181,8 @@ class CheckpointPickler:
         self._plan = plan
         self._legacy = legacy  # the pre-1.6 format adds view_metadata (None) to each id
         self._out: list[bytes] = []
-        self._memo: dict[int, tuple[int, object]] = {}
+        self._memo: dict[object, tuple[int, object]] = {}
+        self._next_memo = 0
         self.storages: list[PlannedStorage] = []
 
     def dumps(self, obj) -> bytes:
@@ -201,20 +200,29 @@ class CheckpointPickler:
             self.storages.append(storage)
         dtype = storage.dtype
         if dtype.uses_v3:
-            cls = ("torch.storage", torch_dtypes.UNTYPED_STORAGE)
+            cls = _UNTYPED_STORAGE
             numel = storage.nbytes
         else:
-            cls = ("torch", dtype.storage_class)
+            cls = _storage_global(dtype.storage_class)
             numel = storage.numel
         if self._legacy:
-            return ("storage", _Global(*cls), storage.key, storage.location, numel, None)
-        return ("storage", _Global(*cls), storage.key, storage.location, numel)
+            return ("storage", cls, storage.key, storage.location, numel, None)
+        return ("storage", cls, storage.key, storage.location, numel)
 
     # -- memo ------------------------------------------------------------------
+    # Every object is memoized as pickle (and torch) does, so the bytes match
+    # torch's; objects that can never be met again (the argument tuples of an
+    # array) get a memo slot number but no entry in the lookup table.
 
     def _put(self, obj) -> None:
-        index = len(self._memo)
+        index = self._next_memo
+        self._next_memo = index + 1
         self._memo[id(obj)] = (index, obj)
+        self._out.append(BINPUT + bytes((index,)) if index < 256 else LONG_BINPUT + _pack_u4(index))
+
+    def _put_anonymous(self) -> None:
+        index = self._next_memo
+        self._next_memo = index + 1
         self._out.append(BINPUT + bytes((index,)) if index < 256 else LONG_BINPUT + _pack_u4(index))
 
     def _get(self, obj) -> bool:
@@ -224,6 +232,25 @@ class CheckpointPickler:
         index = entry[0]
         self._out.append(BINGET + bytes((index,)) if index < 256 else LONG_BINGET + _pack_u4(index))
         return True
+
+    def _save_str(self, text: str) -> None:
+        if not self._get(text):
+            encoded = text.encode("utf-8", "surrogatepass")
+            self._out.append(BINUNICODE + _pack_u4(len(encoded)) + encoded)
+            self._put(text)
+
+    def _save_int_tuple(self, values: tuple) -> None:
+        """A fresh tuple of ints (a shape or strides), memoized like any tuple."""
+        n = len(values)
+        if n == 0:
+            self._out.append(EMPTY_TUPLE)
+            return
+        if n > 3:
+            self._out.append(MARK)
+        for value in values:
+            self._save_int(value)
+        self._out.append((TUPLE1, TUPLE2, TUPLE3)[n - 1] if n <= 3 else TUPLE)
+        self._put_anonymous()
 
     # -- objects ---------------------------------------------------------------
 
@@ -238,10 +265,7 @@ class CheckpointPickler:
         elif t is float:
             self._out.append(BINFLOAT + _pack_float(obj))
         elif t is str:
-            if not self._get(obj):
-                encoded = obj.encode("utf-8", "surrogatepass")
-                self._out.append(BINUNICODE + _pack_u4(len(encoded)) + encoded)
-                self._put(obj)
+            self._save_str(obj)
         elif t is _Global:
             self._save_global(obj)
         elif self._get(obj):
@@ -315,15 +339,15 @@ class CheckpointPickler:
                 out.append(LONG4 + _pack_i4(len(encoded)) + encoded)
 
     def _save_global(self, glob: "_Global") -> None:
-        key = ("global", glob.module, glob.name)
-        entry = self._memo.get(key)  # type: ignore[arg-type]
+        entry = self._memo.get(glob)  # globals are memoized by name (_Global is hashable)
         if entry is not None:
             index = entry[0]
             self._out.append(BINGET + bytes((index,)) if index < 256 else LONG_BINGET + _pack_u4(index))
             return
         self._out.append(GLOBAL + f"{glob.module}\n{glob.name}\n".encode("ascii"))
-        index = len(self._memo)
-        self._memo[key] = (index, glob)  # type: ignore[index]
+        index = self._next_memo
+        self._next_memo = index + 1
+        self._memo[glob] = (index, glob)
         self._out.append(BINPUT + bytes((index,)) if index < 256 else LONG_BINPUT + _pack_u4(index))
 
     def _save_reduce(self, func: "_Global", args: tuple, obj) -> None:
@@ -385,25 +409,42 @@ class CheckpointPickler:
         self._put(obj)
 
     def _save_array(self, array, *, memo_as=None) -> None:
-        view = self._plan.view_of(array)
-        dtype = view.storage.dtype
-        if dtype.uses_v3:
-            self._save_global(_Global("torch._utils", "_rebuild_tensor_v3"))
-        else:
-            self._save_global(_Global("torch._utils", "_rebuild_tensor_v2"))
-        self._out.append(MARK)
-        self._save(self.persistent_id(view.storage))
-        self._out.append(BINPERSID)
+        """``_rebuild_tensor_v2(pid, offset, size, stride, False, OrderedDict())`` (v3: + dtype).
+
+        Written opcode by opcode (the hot path of a save with many arrays); the
+        bytes are those pickle writes for the same tuple.
+        """
+        view = self._plan.planner.planned(array)
+        storage = view.storage
+        dtype = storage.dtype
+        out = self._out
+        self._save_global(_REBUILD_V3 if dtype.uses_v3 else _REBUILD_V2)
+        out.append(MARK)
+        # The persistent id tuple, then BINPERSID.
+        pid = self.persistent_id(storage)
+        out.append(MARK)
+        self._save_str(pid[0])
+        self._save_global(pid[1])
+        self._save_str(pid[2])
+        self._save_str(pid[3])
+        self._save_int(pid[4])
+        if self._legacy:
+            out.append(NONE)
+        out.append(TUPLE)
+        self._put_anonymous()
+        out.append(BINPERSID)
         self._save_int(view.offset)
-        self._save(tuple(view.shape))
-        self._save(tuple(view.strides))
-        self._out.append(NEWFALSE)  # requires_grad
-        self._save_reduce(_Global("collections", "OrderedDict"), (), _EmptyHooks())
+        self._save_int_tuple(view.shape)
+        self._save_int_tuple(view.strides)
+        out.append(NEWFALSE)  # requires_grad
+        self._save_global(_ORDERED_DICT)  # the (empty) backward hooks
+        out.append(EMPTY_TUPLE + REDUCE)
+        self._put_anonymous()
         if dtype.uses_v3:
-            self._save_global(_Global("torch", dtype.name))
-        self._out.append(TUPLE)
-        self._put(view)  # the args tuple, as pickle memoizes it
-        self._out.append(REDUCE)
+            self._save_global(_torch_dtype_global(dtype.name))
+        out.append(TUPLE)
+        self._put_anonymous()  # the arguments tuple
+        out.append(REDUCE)
         self._put(memo_as if memo_as is not None else array)
 
 
@@ -415,13 +456,25 @@ class _Global:
     name: str
 
 
-class _EmptyHooks:
-    """Stands for the empty ``OrderedDict()`` of backward hooks in each array."""
-
-
 class _Layout:
     """Stands for the layout object ``_get_layout`` returns."""
 
 
 class _TorchSize(tuple):
     """A size written as ``torch.Size`` (sparse tensors need one)."""
+
+
+_REBUILD_V2 = _Global("torch._utils", "_rebuild_tensor_v2")
+_REBUILD_V3 = _Global("torch._utils", "_rebuild_tensor_v3")
+_ORDERED_DICT = _Global("collections", "OrderedDict")
+_UNTYPED_STORAGE = _Global("torch.storage", torch_dtypes.UNTYPED_STORAGE)
+
+
+@functools.lru_cache(maxsize=None)
+def _storage_global(name: str) -> _Global:
+    return _Global("torch", name)
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_dtype_global(name: str) -> _Global:
+    return _Global("torch", name)
