@@ -84,7 +84,8 @@ def test_training_checkpoints(two_runs):
         assert d.max_abs == gap.max()  # exact: float64 of the float32 values
         scale = np.maximum(np.abs(old64), np.abs(new64))
         assert d.max_rel == pytest.approx((gap[gap > 0] / scale[gap > 0]).max(), rel=1e-15)
-    equal = [r.name for r in nbckpt.open(a).records if r.name not in changes]
+    with nbckpt.open(a) as archive:
+        equal = [r.name for r in archive.records if r.name not in changes]
     assert report.equal_records == len(equal) and "embedding" in equal
     assert [(v.name, v.change, v.a, v.b) for v in report.values] == [("epoch", "value", 1, 3)]
     assert report.equal_values > 0 and not report.identical
@@ -111,7 +112,8 @@ def test_rows_and_text(two_runs):
 def test_same_file_is_identical(two_runs):
     a, _, _, _ = two_runs
     report = nbckpt.diff(a, a)
-    assert report.identical and report.rows() == [] and report.equal_records == len(nbckpt.open(a).records)
+    with nbckpt.open(a) as archive:
+        assert report.identical and report.rows() == [] and report.equal_records == len(archive.records)
     assert str(report) == f"{a} vs {a}: {report.equal_records} arrays equal; {report.equal_values} other values equal"
 
 
