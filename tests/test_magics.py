@@ -454,6 +454,15 @@ def test_show_1d_array_has_no_heatmap_and_big_arrays_say_sampled(shell, tmp_path
     assert "computed on   a sample of 100 of 10,000 elements (counts are of the sample)" in summary.data["text/plain"]
 
 
+def test_show_meta_tensor(shell, tmp_path):
+    write({"m": nbckpt.MetaArray((2, 3), np.float32)}, tmp_path / "meta.pt")
+    summary, histogram = run(shell, "show meta.pt m").outputs
+    text = summary.data["text/plain"]
+    assert "device        meta" in text and "note          a meta tensor: shape and dtype only, no data" in text
+    assert text.endswith("first values  no values: a meta tensor has no data")
+    decode(histogram.data["image/png"])
+
+
 def test_show_mistakes(shell, model_file):
     assert usage_error(shell, "show model.pt embed") == (
         "no array named 'embed' in model.pt; similar: tied.embed. List the arrays with %ckpt ls model.pt")
@@ -521,6 +530,9 @@ def test_cache_runs_once_then_loads(shell, tmp_path):
     assert np.array_equal(shell.user_ns["x"], [0, 1, 2]) and shell.user_ns["label"] == "run 1"
     saved = nbckpt.load(tmp_path / "cell.pt")  # an ordinary checkpoint
     assert saved[cache.CACHE_KEY] == {"cell_sha256": cache.cell_fingerprint(CELL), "variables": ["x", "label"]}
+    shell.user_ns.pop("x")
+    assert run(shell, "load cell.pt").stdout.startswith("loaded 2 variables from cell.pt:")
+    assert cache.CACHE_KEY not in shell.user_ns and shell.user_ns["x"][2] == 2
 
 
 def test_cache_reruns_when_the_cell_changes_or_is_forced(shell):

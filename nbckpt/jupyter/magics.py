@@ -249,7 +249,10 @@ class CheckpointMagics(Magics):
         if missing:
             keys = ", ".join(str(k) for k in list(loaded)[:20]) + (", …" if len(loaded) > 20 else "")
             raise UsageError(f"{path} has no entry {', '.join(missing)}; its entries are: {keys}")
-        chosen = {name: loaded[name] for name in names} if names else dict(loaded)
+        if names:
+            chosen = {name: loaded[name] for name in names}
+        else:  # a %%ckpt cache file's fingerprint is no variable of the user's
+            chosen = {key: value for key, value in loaded.items() if key != cache.CACHE_KEY}
         bad = namespace.unbindable_keys(chosen)
         if bad:
             shown = ", ".join(repr(k) for k in bad[:5]) + (", …" if len(bad) > 5 else "")
