@@ -424,8 +424,10 @@ def test_views_of_shared_bases_keep_exactly_their_sharing(group):
 def test_views_with_negative_steps_share_except_where_copied(group):
     # Documented: arrays with a negative stride are written as copies of their own
     # (one copy per array object: the same object twice still loads as one object).
+    # A negative stride on a dimension of size 1 does not count: NumPy ignores it
+    # (the array is C-contiguous), and so does nbckpt.
     bases, views = group
-    negative = [any(s < 0 for s in v.strides) for v in views]
+    negative = [any(s < 0 for s in v.strides) and not v.flags.c_contiguous for v in views]
     expected = {
         (i, j): shared and (views[i] is views[j] or not (negative[i] or negative[j]))
         for (i, j), shared in sharing(views).items()

@@ -164,7 +164,11 @@ def for_numpy(dtype: np.dtype) -> TorchDtype | None:
         True
     """
     meta = dtype.metadata
-    if meta and "torch" in meta:
+    if meta is None:
+        found = _BY_NUMPY.get(dtype)  # the common case: a plain native dtype
+        if found is not None and dtype.isnative:
+            return found
+    elif "torch" in meta:
         return _BY_NAME.get(meta["torch"])
     if dtype.fields is not None or dtype.subdtype is not None:
         return None

@@ -145,7 +145,8 @@ class CheckpointMagics(Magics):
 
     @staticmethod
     def _split(line: str) -> tuple[str, str]:
-        command, _, rest = line.strip().partition(" ")
+        parts = line.split(maxsplit=1)
+        command, rest = (parts + ["", ""])[:2]
         if not command:
             raise UsageError(f"%ckpt needs a sub-command: {', '.join(SUBCOMMANDS)} (%ckpt? explains each).")
         if command not in SUBCOMMANDS:

@@ -115,23 +115,34 @@ class StoragePlanner:
         if planned is not None:
             return planned
         self._keep_alive.append(array)
-        tdtype = torch_dtypes.for_numpy(array.dtype)
+        dtype = array.dtype
+        tdtype = torch_dtypes.for_numpy(dtype)
         if tdtype is None:
-            raise TypeError(f"dtype {array.dtype} has no torch equivalent")
-        backend = backend_of(array)
-        location = backend.location(array)
-        itemsize = array.dtype.itemsize
+            raise TypeError(f"dtype {dtype} has no torch equivalent")
+        if type(array) is np.ndarray:  # the common case, without a backend lookup
+            backend, location = HOST, "cpu"
+        else:
+            backend = backend_of(array)
+            location = backend.location(array)
+        itemsize = dtype.itemsize
         strides = array.strides
+        plain_strides = all(s >= 0 and not s % itemsize for s in strides)
+        if not plain_strides and array.flags.c_contiguous:
+            # NumPy ignores the strides of dimensions of size 1, which may then be
+            # negative: the canonical ones describe the same memory.
+            strides, plain_strides = _contiguous_byte_strides(array.shape, itemsize), True
         if array.size == 0:
             storage = self._new_storage(tdtype, location, backend)
             storage.data = np.empty(0, dtype=np.uint8)
             storage.backend = HOST
             planned = PlannedView(storage, 0, array.shape, _contiguous_strides(array.shape))
-        elif not array.dtype.isnative or any(s < 0 or s % itemsize for s in strides):
+        elif not plain_strides or not dtype.isnative:
             planned = self._copy(array, tdtype, location, backend)
         else:
             owner, lo = backend.memory(array)
-            hi = lo + sum((n - 1) * s for n, s in zip(array.shape, strides)) + itemsize
+            hi = lo + itemsize
+            for n, stride in zip(array.shape, strides):
+                hi += (n - 1) * stride
             gkey = (id(owner), tdtype.name, lo % itemsize, location)
             group = self._groups.get(gkey)
             if group is None:
@@ -140,7 +151,8 @@ class StoragePlanner:
             member = _Member(array, lo, hi)
             group.members.append(member)
             # The storage is created and the offset set by finish().
-            planned = PlannedView(None, 0, array.shape, tuple(s // itemsize for s in strides))  # type: ignore[arg-type]
+            element_strides = strides if itemsize == 1 else tuple([s // itemsize for s in strides])
+            planned = PlannedView(None, 0, array.shape, element_strides)  # type: ignore[arg-type]
             member.view = planned
         self._views[id(array)] = planned
         return planned
@@ -197,6 +209,12 @@ class StoragePlanner:
         for member in group.members:
             member.view.storage = storage
             member.view.offset = (member.lo - lo) // itemsize
+
+
+def _contiguous_byte_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    if len(shape) == 1:
+        return (itemsize,)
+    return tuple(s * itemsize for s in _contiguous_strides(shape))
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
