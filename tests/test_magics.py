@@ -159,6 +159,10 @@ def test_dispatch_mistakes(shell, line, message):
     assert usage_error(shell, line) == message
 
 
+def test_sub_command_separated_by_any_whitespace(shell):
+    assert run(shell, "\tdevices  ").stdout.startswith("usable devices: cpu")
+
+
 def test_usage_errors_show_no_traceback(shell):
     with capture_output() as captured:
         shell.run_cell("%ckpt load missing.pt")
