@@ -18,6 +18,7 @@ reads records by name, straight into caller-provided memory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +28,9 @@ from . import spec
 
 __all__ = ["ZipWriter", "ZipReader", "Entry", "read_exact", "readinto_exact"]
 
+_PIPELINE = 1 << 24  # records from 16 MiB on are checksummed while they are written
+_PIPELINE_CHUNK = 1 << 23  # in 8 MiB steps
+_PENDING = object()  # a CRC still to be computed
 _COPY_CHUNK = 1 << 26  # 64 MiB: bound on single reads from streams without readinto
 _CRC_CHUNK = 1 << 22  # 4 MiB: checked while the bytes just read are still in cache
 _SMALL_RECORD = 1 << 16  # records up to 64 KiB are read with their local header in one go
@@ -87,6 +91,7 @@ class ZipWriter:
         self._names: list[bytes] = []
         self._crcs: list[int] = []
         self._closed = False
+        self._crc_thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def offset(self) -> int:
@@ -131,7 +136,10 @@ class ZipWriter:
         full_name = f"{self.prefix}/{name}".encode("utf-8")
         header_offset = self._offset
         if crc32 is None:
-            crc32 = zlib.crc32(view) if (self.compute_crc and size) else 0
+            if self.compute_crc and size >= _PIPELINE:
+                crc32 = _PENDING  # computed while the data is written (see _emit_with_crc)
+            else:
+                crc32 = zlib.crc32(view) if (self.compute_crc and size) else 0
         flags = spec.FLAG_UTF8 | (spec.FLAG_DESCRIPTOR if size else 0)
         extra = self._local_extra(header_offset, len(full_name), size)
         header = spec.LOCAL_HEADER.pack(
@@ -139,7 +147,10 @@ class ZipWriter:
         )
         self._emit(header + full_name + extra)
         if size:
-            self._emit(view)
+            if crc32 is _PENDING:
+                crc32 = self._emit_with_crc(view)
+            else:
+                self._emit(view)
             if size >= spec.ZIP64_LIMIT or header_offset >= spec.ZIP64_LIMIT:
                 descriptor = spec.DESCRIPTOR_MAGIC + crc32.to_bytes(4, "little") + size.to_bytes(8, "little") * 2
             else:
@@ -148,6 +159,27 @@ class ZipWriter:
         self._central.append(self._central_entry(full_name, flags, crc32, size, header_offset))
         self._names.append(full_name)
         self._crcs.append(crc32)
+
+    def _emit_with_crc(self, view: memoryview) -> int:
+        """Write a large buffer while another thread computes its CRC-32.
+
+        zlib and file writes both release the GIL, so the checksum costs no
+        extra time: the record takes as long as the slower of the two.
+        """
+        if self._crc_thread is None:
+            self._crc_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nbckpt-crc")
+        running = [0]
+
+        def update(chunk: memoryview) -> None:
+            running[0] = zlib.crc32(chunk, running[0])
+
+        last = None
+        for start in range(0, view.nbytes, _PIPELINE_CHUNK):
+            chunk = view[start : start + _PIPELINE_CHUNK]
+            last = self._crc_thread.submit(update, chunk)  # one worker: chunks in order
+            self._emit(chunk)
+        last.result()  # type: ignore[union-attr]
+        return running[0]
 
     @staticmethod
     def _central_entry(full_name: bytes, flags: int, crc32: int, size: int, header_offset: int) -> bytes:
@@ -173,6 +205,8 @@ class ZipWriter:
         """Write ``version``, ``.data/serialization_id`` and the central directory."""
         if self._closed:
             return
+        if self._crc_thread is not None:
+            self._crc_thread.shutdown()
         self.write_record("version", b"%d\n" % spec.FILE_FORMAT_VERSION)
         self.write_record(".data/serialization_id", _serialization_id(self._names, self._crcs))
         self._closed = True
