@@ -203,6 +203,15 @@ class Archive:
         try:
             if not self._owns_stream:
                 check_seekable(self._stream)
+            here = self._stream.tell()
+            magic = self._stream.read(4)
+            self._stream.seek(here)
+            if magic and magic != b"PK\x03\x04":
+                raise FormatError(
+                    "nbckpt.open browses zip checkpoints (torch >= 1.6); this file is not one (a "
+                    "legacy torch file, or not a checkpoint at all). Load legacy files with "
+                    "nbckpt.load, or save them again with nbckpt.save to browse them."
+                )
             self._checkpoint = open_zip_checkpoint(self._stream)
             unpickler = SafeUnpickler if weights_only else FullUnpickler
             recorder = Rebuilder(_RecordingMaterializer(self._checkpoint))
