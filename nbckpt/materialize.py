@@ -69,14 +69,13 @@ class ZipSource:
     def host_bytes(self, key: str, nbytes: int, backend: Any, *, mapped_ok: bool) -> np.ndarray:
         """The record's bytes in host memory: mapped in place, or read into a fresh buffer."""
         name = f"data/{key}"
-        if mapped_ok and self.can_map(key):
+        if self._mapped is not None and mapped_ok and self.can_map(key):
             offset = self._reader.data_offset(name)
             mapped = np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
             if self._verify:
                 self._reader.check_crc(name, zlib.crc32(mapped))
             return mapped
-        make = getattr(backend, "host_buffer", None)
-        host = make(nbytes) if make is not None else np.empty(nbytes, dtype=np.uint8)
+        host = np.empty(nbytes, dtype=np.uint8) if backend is HOST else backend.host_buffer(nbytes)
         if not self._skip_data:
             self._reader.readinto(name, host, verify=self._verify, read_ahead=self._read_ahead)
             if self._on_read is not None:

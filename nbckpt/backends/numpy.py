@@ -23,6 +23,10 @@ class NumpyBackend:
 
     tag = "cpu"
 
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        """Memory to read a storage's bytes into: for the host, the storage itself."""
+        return np.empty(nbytes, dtype=np.uint8)
+
     def from_host(self, host: np.ndarray) -> np.ndarray:
         """The storage for bytes already read into host memory (no copy)."""
         return host

@@ -307,7 +307,7 @@ class ZipReader:
                 record=first.name,
             )
         self._records: dict[str, Entry] = {}
-        self._block: tuple[bytes, int] = (b"", 0)  # read-ahead block for small records
+        self._block: tuple[memoryview, int] = (memoryview(b""), 0)  # read-ahead block for small records
         prefix = self.prefix + "/"
         for full, entry in self._entries.items():
             if not full.startswith(prefix):
@@ -623,7 +623,7 @@ class ZipReader:
         if not (block_start <= start and start + need <= block_start + len(block)):
             size = min(max(need, _BLOCK), self._cd_offset - start)
             self._f.seek(self.start + start)
-            block, block_start = self._f.read(size), start
+            block, block_start = memoryview(self._f.read(size)), start
             self._block = (block, block_start)
         at = start - block_start
         if len(block) - at < spec.LOCAL_HEADER.size:
