@@ -18,6 +18,7 @@ array is read when asked for, and only its storage is read.
 from __future__ import annotations
 
 import builtins
+import copy
 import math
 import mmap as mmap_module
 import os
@@ -304,6 +305,28 @@ class Archive:
         """Load one array (reading only its storage) onto its ``map_location`` device."""
         record = self.record(name)
         return self._materialize(self._refs[record.path])
+
+    def remapped(self, map_location: Any) -> "Archive":
+        """The same open archive, whose arrays load onto ``map_location`` instead.
+
+        Nothing is read: the clone shares the file, the records and the values
+        with this archive, and keeps its own cache of storages read (arrays from
+        the two do not share memory). Closing either closes nothing of the
+        other; the file stays open until this archive is closed.
+
+            >>> import io, numpy as np, nbckpt
+            >>> buf = io.BytesIO()
+            >>> nbckpt.save({"w": np.ones(2)}, buf)
+            >>> _ = buf.seek(0)
+            >>> archive = nbckpt.open(buf, map_location="cuda:0")
+            >>> archive.remapped("cpu")["w"]
+            array([1., 1.])
+        """
+        clone = copy.copy(self)
+        clone._device_map = DeviceMap.parse(map_location)
+        clone._owns_stream = False
+        clone._storage_roots, clone._storage_backends, clone._materializer = {}, {}, None
+        return clone
 
     def load(self) -> Any:
         """Load the whole object, exactly as :func:`nbckpt.load` would."""

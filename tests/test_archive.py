@@ -11,6 +11,7 @@ import torch
 import nbckpt
 from checkpoint_tools import retag
 from conftest import assert_same_array
+from gpu_helpers import fake_cupy  # noqa: F401 - fixture
 from test_load_options import ReadRecorder, overlaps, storage_ranges
 
 
@@ -173,3 +174,20 @@ def test_empty_and_scalar_records():
     with nbckpt.open(io.BytesIO(torch_bytes({"e": torch.zeros(0, 3), "s": torch.tensor(2.5)}))) as archive:
         assert archive.record("e").shape == (0, 3) and archive["e"].shape == (0, 3)
         assert archive.record("s").shape == () and archive["s"] == 2.5
+
+
+def test_remapped_archive_shares_the_file_and_loads_elsewhere(tmp_path, fake_cupy):
+    path = tmp_path / "w.pt"
+    nbckpt.save({"w": np.arange(3.0), "step": 1}, path)
+    archive = nbckpt.open(path)
+    on_gpu = archive.remapped("cuda:1")
+    assert on_gpu.records == archive.records and on_gpu.values == archive.values
+    w = on_gpu["w"]
+    assert isinstance(w, fake_cupy.ndarray) and w.device.id == 1
+    np.testing.assert_array_equal(w.get(), np.arange(3.0))
+    host = archive["w"]
+    assert type(host) is np.ndarray and not np.shares_memory(host, archive.remapped("cpu")["w"])
+    on_gpu.close()  # closes nothing: the file belongs to the archive it came from
+    np.testing.assert_array_equal(archive["w"], np.arange(3.0))
+    archive.close()
+    assert archive._stream.closed
