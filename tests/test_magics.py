@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import builtins
 import dataclasses
-import importlib.util
 import io
 import os
 import re
@@ -398,7 +397,7 @@ def test_ls_mistakes(shell, tmp_path, refused_file):
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 but not really")
     assert usage_error(shell, "ls junk.pt").startswith("junk.pt is not a checkpoint nbckpt can read: ")
     assert usage_error(shell, "ls junk.pt").endswith(
-        ". ls, info, show and diff read zip checkpoints (what torch >= 1.6 writes); a file in torch's legacy "
+        ". ls, info, show, browse and diff read zip checkpoints (what torch >= 1.6 writes); a file in torch's legacy "
         "format loads with %ckpt load.")
     message = usage_error(shell, "ls config.pt")
     assert "test_magics.RunConfig" in message and message.endswith(
@@ -478,12 +477,31 @@ def test_show_mistakes(shell, model_file):
 # browse, diff, devices
 
 
-def test_browse_says_the_widget_is_not_there_yet(shell, model_file, monkeypatch):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+def test_browse_displays_the_archive_browser(shell, model_file):
+    from ipywidgets.widgets.widget import _instances as widget_instances
+
+    from nbckpt.jupyter import ArchiveBrowser
+
     out = run(shell, "browse model.pt")
-    assert out.stdout == ("The archive browser widget is not part of this version of nbckpt yet. Meanwhile, "
-                          "%ckpt ls model.pt lists the arrays and %ckpt show model.pt NAME shows one.\n")
+    [shown] = out.outputs
+    assert out.stdout == ""
+    assert "application/vnd.jupyter.widget-view+json" in shown.data
+    model_id = shown.data["application/vnd.jupyter.widget-view+json"]["model_id"]
+    browser = widget_instances[model_id]  # the widget the notebook would render
+    try:
+        assert isinstance(browser, ArchiveBrowser)
+        assert browser.archive.source == "model.pt"
+        assert [entry.name for entry in browser.entries] == [
+            "model.weight", "model.bias", "tied.embed", "tied.first", "epoch", "name"]
+        browser.select("epoch")
+        browser.load_button.click()  # into the shell's namespace
+        assert shell.user_ns["epoch"] == 5
+        assert browser.status.value == "loaded epoch as epoch: int: 5"
+    finally:
+        browser.close()
     assert usage_error(shell, "browse missing.pt").startswith("no such file: missing.pt.")
+    (model_file.parent / "notes.txt").write_text("not a checkpoint")
+    assert usage_error(shell, "browse notes.txt").startswith("notes.txt is not a checkpoint nbckpt can read")
 
 
 def test_diff(shell, tmp_path):

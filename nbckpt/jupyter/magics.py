@@ -19,7 +19,6 @@ import contextlib
 import difflib
 import fnmatch
 import html
-import importlib.util
 import os
 import shlex
 from typing import Any, Iterator
@@ -54,7 +53,7 @@ SUBCOMMANDS = {
 }
 
 _PATH_HELP = "checkpoint file (a leading ~ is expanded; quote paths that contain spaces)"
-_ZIP_ONLY = ("ls, info, show and diff read zip checkpoints (what torch >= 1.6 writes); a file in torch's "
+_ZIP_ONLY = ("ls, info, show, browse and diff read zip checkpoints (what torch >= 1.6 writes); a file in torch's "
              "legacy format loads with %ckpt load")
 _MAP_CHOICES = ("cpu, cuda, cuda:N, auto (the saved device when usable, else cpu), or SOURCE=TARGET pairs "
                 "such as cuda:1=cuda:0,cuda:0=cpu")
@@ -333,18 +332,17 @@ class CheckpointMagics(Magics):
     @magic_arguments(name="ckpt browse")
     @argument("path", metavar="PATH", help=_PATH_HELP)
     def ckpt_browse(self, args: Any) -> None:
-        """Browse PATH in the archive browser widget: filter records, preview arrays, load them."""
+        """Browse PATH in the archive browser widget: filter the entries, preview arrays, load them
+        onto a device as variables."""
         path = _expand(args.path)
+        try:
+            from .browser import ArchiveBrowser  # noqa: PLC0415 - the widget layer, only when asked for
+        except ImportError as err:
+            raise UsageError(f"the archive browser needs ipywidgets ({err}): pip install 'nbckpt[jupyter]'. "
+                             f"Meanwhile, %ckpt ls {_quote(path)} lists the arrays.") from err
         with _user_errors(subject=path, format_hint=f". {_ZIP_ONLY}."):
-            with open_archive(path):
-                pass
-        if importlib.util.find_spec(f"{__package__}.browser") is None:
-            print(f"The archive browser widget is not part of this version of nbckpt yet. Meanwhile, "
-                  f"%ckpt ls {_quote(path)} lists the arrays and %ckpt show {_quote(path)} NAME shows one.")
-            return
-        from .browser import ArchiveBrowser  # noqa: PLC0415 - the widget layer, only when asked for
-
-        display(ArchiveBrowser(path))
+            browser = ArchiveBrowser(path)
+        display(browser)
 
     @magic_arguments(name="ckpt diff")
     @argument("a", metavar="A", help="the first checkpoint (" + _PATH_HELP + ")")

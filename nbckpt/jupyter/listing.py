@@ -1,0 +1,158 @@
+"""What the archive browser lists and checks: pure functions, no widgets.
+
+:class:`~nbckpt.jupyter.browser.ArchiveBrowser` shows one line per entry of an
+archive (arrays, then other values), filters them as the user types, and turns
+entry names into variable names. Everything here works on plain data, so it is
+tested without widgets and stays fast for archives of thousands of records.
+
+    >>> import numpy as np
+    >>> from nbckpt.archive import Record
+    >>> r = Record("layer1.weight", ("layer1", "weight"), (3, 4), np.dtype("float32"), "cpu", 48, "0", 0, (4, 1))
+    >>> record_labels([r])
+    ['layer1.weight  (3, 4)  float32  cpu  48 B']
+    >>> variable_name("layer1.weight"), variable_name("0.bias"), variable_name("class")
+    ('layer1_weight', '_0_bias', 'class_')
+    >>> EntryFilter(["layer1.weight", "layer1.bias", "head.weight"]).matching("*.WEIGHT")
+    [0, 2]
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import keyword
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..archive import ArchiveInfo, Record
+from ..summary import format_bytes, format_shape
+from .views import describe_value
+
+__all__ = ["record_labels", "value_labels", "EntryFilter", "variable_name", "parse_variable_names",
+           "name_problem", "header_rows", "NAME_WIDTH"]
+
+#: Names longer than this do not widen every line (they push their own line's columns right).
+NAME_WIDTH = 60
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _padded(cells: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines with aligned columns (for a monospace list)."""
+    if not cells:
+        return []
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    widths[0] = min(widths[0], NAME_WIDTH)
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+
+
+def record_labels(records: Iterable[Record]) -> list[str]:
+    """One line per record: name, shape, dtype, saved device and size, in aligned columns."""
+    return _padded([(r.name or "(root)", format_shape(r.shape), str(r.dtype), r.location, format_bytes(r.nbytes))
+                    for r in records])
+
+
+def value_labels(values: Mapping[str, Any]) -> list[str]:
+    """One line per non-array entry: its name and what it is (``int: 5``, ``dict of 3 entries``).
+
+        >>> value_labels({"epoch": 5, "config": {"lr": 0.1}})
+        ['epoch   int: 5', 'config  dict of 1 entries']
+    """
+    return _padded([(name or "(root)", describe_value(value)) for name, value in values.items()])
+
+
+class EntryFilter:
+    """Finds the entries whose names match what the user typed, case-insensitively.
+
+    The lowercase names are computed once; each call is one pass over them. A
+    pattern with ``*``, ``?`` or ``[`` is a glob matched against the whole name
+    (``*.weight``); anything else matches as a substring (``layer1``). An empty
+    pattern matches everything.
+
+        >>> f = EntryFilter(["Encoder.W", "decoder.w", "step"])
+        >>> f.matching("CODER"), f.matching("d*"), f.matching("")
+        ([0, 1], [1], [0, 1, 2])
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._lower = [name.lower() for name in names]
+
+    def __len__(self) -> int:
+        return len(self._lower)
+
+    def matching(self, pattern: str) -> list[int]:
+        """Indices of the matching names, in order."""
+        pattern = pattern.strip().lower()
+        if not pattern:
+            return list(range(len(self._lower)))
+        if _GLOB_CHARS.isdisjoint(pattern):
+            return [i for i, name in enumerate(self._lower) if pattern in name]
+        match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
+        return [i for i, name in enumerate(self._lower) if match(name)]
+
+
+def variable_name(name: str) -> str:
+    """A Python variable name made from an entry's dotted name: every run of characters
+    that cannot be in a name becomes ``_``; a leading digit gets a ``_`` before it and
+    a keyword one after it. An empty name gives ``value``."""
+    text = re.sub(r"\W+", "_", name).strip("_")
+    if not text:
+        return "value"
+    if text[0].isdigit():
+        text = "_" + text
+    if keyword.iskeyword(text):
+        text += "_"
+    return text
+
+
+def parse_variable_names(text: str) -> list[str]:
+    """The names typed in the variable-name box: comma-separated, surrounding spaces ignored.
+
+        >>> parse_variable_names(" w, b ,")
+        ['w', 'b']
+    """
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def name_problem(names: Sequence[str], wanted: int, namespace: Mapping[str, Any], overwrite: bool) -> str:
+    """Why ``names`` cannot receive ``wanted`` loaded entries in ``namespace``, or ``""``.
+
+        >>> name_problem(["x"], 1, {"x": 1}, overwrite=False)
+        'a variable named x exists already: tick "overwrite" to replace it, or choose another name'
+        >>> name_problem(["1x"], 1, {}, overwrite=False)
+        "'1x' is not a valid Python variable name: use letters, digits and _, not starting with a digit"
+    """
+    if len(names) != wanted:
+        what = "one variable name" if wanted == 1 else f"{wanted} variable names, separated by commas"
+        return f"{len(names)} names given for {wanted} selected entries: give {what}"
+    for name in names:
+        if keyword.iskeyword(name):
+            return f"{name!r} is a Python keyword: choose another variable name (such as {name}_)"
+        if not name.isidentifier():
+            return (f"{name!r} is not a valid Python variable name: use letters, digits and _, not starting "
+                    f"with a digit")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return f"{', '.join(repeated)} named twice: give each selected entry its own variable name"
+    if not overwrite:
+        taken = [name for name in names if name in namespace]
+        if taken:
+            which = "a variable named" if len(taken) == 1 else "variables named"
+            verb = "exists" if len(taken) == 1 else "exist"
+            it = "it" if len(taken) == 1 else "them"
+            return (f"{which} {', '.join(taken)} {verb} already: tick \"overwrite\" to replace {it}, "
+                    f"or choose another name")
+    return ""
+
+
+def header_rows(info: ArchiveInfo, values: int = 0) -> list[tuple[str, str]]:
+    """What the browser's header says about a file: name, format, byte order, sizes, counts
+    (``values``: how many other entries it holds)."""
+    order = info.byteorder + ("" if info.byteorder_recorded else " (assumed: not recorded in the file)")
+    return [
+        ("file", info.source),
+        ("format", f"zip (torch >= 1.6), version {info.version}"),
+        ("byte order", order),
+        ("size", f"{format_bytes(info.file_bytes)} ({format_bytes(info.array_bytes)} of array data)"),
+        ("entries", f"{info.records:,} arrays in {info.storages:,} storages, {values:,} other "
+                    f"{'entry' if values == 1 else 'entries'}"),
+    ]
