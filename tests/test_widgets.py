@@ -21,18 +21,10 @@ from nbckpt.jupyter import ArchiveBrowser, ArrayPreview, browser as browser_modu
 from test_load_options import ReadRecorder, overlaps, storage_ranges
 from test_stats import PNG_SIGNATURE, device  # noqa: F401 - the CuPy stand-in fixture
 
-NBSP = "\u00a0"
-
-
 def saved(obj) -> bytes:
     buf = io.BytesIO()
     nbckpt.save(obj, buf)
     return buf.getvalue()
-
-
-def plain(labels) -> list[str]:
-    """Option labels as the pure functions made them (the widget pads with no-break spaces)."""
-    return [label.replace(NBSP, " ") for label in labels]
 
 
 def text_of(html_text: str) -> str:
@@ -81,9 +73,9 @@ def make_browser():
 # Pure functions: labels, filter, names
 
 
-def test_record_labels_are_aligned_columns(state_file):
+def test_entry_labels_are_aligned_columns(state_file):
     with nbckpt.open(state_file) as archive:
-        labels = listing.record_labels(archive.records)
+        labels = listing.entry_labels(archive.records, archive.values)
     assert labels == [
         "layer1.weight  (3, 4)  float32   cpu   48 B",
         "layer1.bias    (4,)    float32   cpu   16 B",
@@ -91,14 +83,24 @@ def test_record_labels_are_aligned_columns(state_file):
         "flags          (3,)    bool      cpu   3 B",
         "half           (2,)    bfloat16  cpu   4 B",
         "ghost          (2, 3)  float32   meta  24 B",
+        "step           int: 7",
+        "config         dict: {'lr': 0.1, 'name': 'run-1'}",
     ]
 
 
 def test_long_names_do_not_widen_every_line():
     records = [nbckpt.Record("x" * 100, ("x",), (1,), np.dtype("f4"), "cpu", 4, "0", 0, (1,)),
                nbckpt.Record("w", ("w",), (1,), np.dtype("f4"), "cpu", 4, "1", 0, (1,))]
-    short = listing.record_labels(records)[1]
-    assert short == "w" + " " * (listing.NAME_WIDTH - 1) + "  (1,)  float32  cpu  4 B"
+    short = listing.entry_labels(records, {"": 2})[1:]
+    assert short == ["w" + " " * (listing.NAME_WIDTH - 1) + "  (1,)  float32  cpu  4 B",
+                     "(root)" + " " * (listing.NAME_WIDTH - 6) + "  int: 2"]
+
+
+def test_value_text_is_short_whatever_the_value():
+    assert listing.value_text("x" * 1000) == "str: 'xxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxx'"
+    assert listing.value_text({"a": list(range(10**6))}) == "dict: {'a': [0, 1, 2, 3, 4, 5, ...]}"
+    assert len(listing.value_text({f"k{i}": "v" * 30 for i in range(100)})) == 70
+    assert listing.value_text(None) == "NoneType: None"
 
 
 def test_filter_substring_and_glob_case_insensitive():
@@ -162,7 +164,7 @@ def test_preview_of_a_2d_array():
     assert image_bytes(p.heatmap).startswith(PNG_SIGNATURE)
     assert p.first_values.value == "<code>[ 0.,  1.,  2., nan, inf,  5.]</code>"
     state = p.get_state()
-    assert state["_view_name"] == "VBoxView" and len(state["children"]) == 4
+    assert state["_view_name"] == "VBoxView" and len(state["children"]) == 5
     assert "nbckpt-preview" in state["_dom_classes"]
 
 
@@ -252,9 +254,9 @@ def test_header_and_list(state_file, make_browser):
     assert header.endswith("entries 6 arrays in 5 storages, 2 other entries")  # the meta tensor has none
     assert [e.name for e in b.entries] == NAMES
     state = b.records.get_state()
-    assert plain(state["_options_labels"]) == [e.label for e in b.entries]
-    assert plain(state["_options_labels"])[-2:] == ["step    int: 7", "config  dict of 2 entries"]
-    assert all("  " not in label for label in state["_options_labels"])  # padded with no-break spaces
+    assert list(state["_options_labels"]) == [e.label for e in b.entries]
+    assert state["_options_labels"][-2:] == ("step           int: 7",
+                                              "config         dict: {'lr': 0.1, 'name': 'run-1'}")
     assert state["index"] == () and "nbckpt-records" in state["_dom_classes"]
     assert b.count.value == "8 entries" and b.more.layout.display == "none"
     assert b.device.get_state()["_options_labels"] == ("cpu",)
@@ -264,7 +266,7 @@ def test_header_and_list(state_file, make_browser):
 def test_filter_narrows_the_list(state_file, make_browser):
     b = make_browser(state_file)
     b.filter.value = "LAYER1"
-    assert plain(b.records.get_state()["_options_labels"]) == [b.entries[0].label, b.entries[1].label]
+    assert b.records.get_state()["_options_labels"] == (b.entries[0].label, b.entries[1].label)
     assert b.count.value == "2 of 8 entries match"
     b.filter.value = "*[gp]"
     assert [b.entries[i].name for _, i in b.records.options] == ["config", "step"][::-1]
@@ -320,8 +322,8 @@ def test_a_large_archive_lists_a_capped_page_and_filters_on_names(tmp_path, make
     path = tmp_path / "big.pt"
     nbckpt.save(state, path)
     calls = []
-    real_labels = listing.record_labels
-    monkeypatch.setattr(listing, "record_labels", lambda records: calls.append(1) or real_labels(records))
+    real_labels = listing.entry_labels
+    monkeypatch.setattr(listing, "entry_labels", lambda *args: calls.append(1) or real_labels(*args))
     b = make_browser(path)
     assert len(b.entries) == 1501 and b.count.value == "1,501 entries"
     assert len(b.records.options) == browser_module.MAX_SHOWN == 500
@@ -439,7 +441,7 @@ def test_a_record_saved_on_a_gpu_previews_and_loads_on_the_host_without_one(make
     data = retag(buf.getvalue(), {"cpu": "cuda:1"})
     ns = {}
     b = make_browser(io.BytesIO(data), namespace=ns)
-    assert plain(b.records.options[0][:1]) == ["w  (2, 2)  float32  cuda:1  16 B"]
+    assert b.records.options[0][0] == "w  (2, 2)  float32  cuda:1  16 B"
     b.select("w")
     assert text_of(b.preview.children[0].header.value) == "w (2, 2) float32 on cpu, 4 elements, 16 B"
     b.load_button.click()

@@ -52,7 +52,7 @@ from ..devices import devices
 from ..errors import CheckpointError, DeviceError, UnpicklingError
 from ..summary import format_bytes
 from . import listing
-from .preview import ArrayPreview
+from .preview import STYLE, ArrayPreview
 from .views import describe_value, pairs_html
 
 __all__ = ["ArchiveBrowser", "MAX_SHOWN", "PROGRESS_THRESHOLD"]
@@ -68,10 +68,6 @@ _ERROR_COLOR = "#b00020"
 _OK_COLOR = "#1b5e20"
 _HIDDEN = "none"
 
-# Option labels are padded into columns; a <select> collapses runs of spaces, not these.
-_NBSP = "\u00a0"
-_STYLE = ("<style>.nbckpt-records select {font-family: var(--jp-code-font-family, monospace); "
-          "font-size: var(--jp-code-font-size, 13px);}</style>")
 
 
 @dataclass(frozen=True)
@@ -115,8 +111,8 @@ class ArchiveBrowser(widgets.VBox):
         self.filter = widgets.Text(placeholder="substring or glob, e.g. layer1 or *.weight", description="filter",
                                    continuous_update=True, layout={"width": "60%"})
         self.count = widgets.Label()
-        self.records = widgets.SelectMultiple(options=[], rows=14, layout={"width": "100%"})
-        self.records.add_class("nbckpt-records")
+        # Labels are padded into columns (the list's view keeps runs of spaces); STYLE sets a monospace font.
+        self.records = widgets.SelectMultiple(options=[], rows=12, layout={"width": "98%"})
         self.more = widgets.Label(layout={"display": _HIDDEN})
         self.preview = widgets.VBox([widgets.Label("select an entry to preview it")])
         self.device = widgets.Dropdown(options=devices(), description="device", layout={"width": "16em"})
@@ -128,7 +124,12 @@ class ArchiveBrowser(widgets.VBox):
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="",
                                               layout={"display": _HIDDEN})
         self.status = widgets.Label()
-        self.status.add_class("nbckpt-status")
+        # Classes name the parts for styles and for the browser test (tests/test_browser_ui.py).
+        for part, name in ((self.header, "header"), (self.filter, "filter"), (self.records, "records"),
+                           (self.preview, "preview-area"), (self.device, "device"), (self.variable, "variable"),
+                           (self.overwrite, "overwrite"), (self.load_button, "load"), (self.progress, "progress"),
+                           (self.status, "status")):
+            part.add_class(f"nbckpt-{name}")
 
         self.archive: Archive | None = None
         #: Every entry the list can show, in order: arrays, then other values.
@@ -140,6 +141,7 @@ class ArchiveBrowser(widgets.VBox):
         else:
             self._index(self.archive)
         self._filter = listing.EntryFilter(entry.name for entry in self.entries)
+        self.records.rows = min(max(len(self.entries), 3), 12)
 
         self.filter.observe(self._on_filter, names="value")
         self.records.observe(self._on_select, names="value")
@@ -148,7 +150,7 @@ class ArchiveBrowser(widgets.VBox):
 
         panel = widgets.HBox([self.device, self.variable, self.overwrite, self.load_button],
                              layout={"flex_flow": "row wrap", "align_items": "center"})
-        super().__init__([widgets.HTML(_STYLE), self.header, widgets.HBox([self.filter, self.count]), self.records,
+        super().__init__([widgets.HTML(STYLE), self.header, widgets.HBox([self.filter, self.count]), self.records,
                           self.more, self.preview, panel, self.progress, self.status])
         self.add_class("nbckpt-browser")
 
@@ -156,7 +158,7 @@ class ArchiveBrowser(widgets.VBox):
 
     def _index(self, archive: Archive) -> None:
         records, values = archive.records, archive.values
-        labels = listing.record_labels(records) + listing.value_labels(values)
+        labels = listing.entry_labels(records, values)
         self.entries = ([_Entry(r.name, label, r) for r, label in zip(records, labels)]
                         + [_Entry(name, label) for name, label in zip(values, labels[len(records):])])
         self.header.value = pairs_html(listing.header_rows(archive.info, len(values)))
@@ -181,7 +183,7 @@ class ArchiveBrowser(widgets.VBox):
         keep = tuple(i for i in self._selected if i in visible)
         self._syncing = True
         try:
-            self.records.options = [(self.entries[i].label.replace(" ", _NBSP), i) for i in shown]
+            self.records.options = [(self.entries[i].label, i) for i in shown]
             self.records.value = keep
         finally:
             self._syncing = False

@@ -8,8 +8,8 @@ tested without widgets and stays fast for archives of thousands of records.
     >>> import numpy as np
     >>> from nbckpt.archive import Record
     >>> r = Record("layer1.weight", ("layer1", "weight"), (3, 4), np.dtype("float32"), "cpu", 48, "0", 0, (4, 1))
-    >>> record_labels([r])
-    ['layer1.weight  (3, 4)  float32  cpu  48 B']
+    >>> entry_labels([r], {"step": 7})
+    ['layer1.weight  (3, 4)  float32  cpu  48 B', 'step           int: 7']
     >>> variable_name("layer1.weight"), variable_name("0.bias"), variable_name("class")
     ('layer1_weight', '_0_bias', 'class_')
     >>> EntryFilter(["layer1.weight", "layer1.bias", "head.weight"]).matching("*.WEIGHT")
@@ -21,13 +21,13 @@ from __future__ import annotations
 import fnmatch
 import keyword
 import re
+import reprlib
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..archive import ArchiveInfo, Record
 from ..summary import format_bytes, format_shape
-from .views import describe_value
 
-__all__ = ["record_labels", "value_labels", "EntryFilter", "variable_name", "parse_variable_names",
+__all__ = ["entry_labels", "value_text", "EntryFilter", "variable_name", "parse_variable_names",
            "name_problem", "header_rows", "NAME_WIDTH"]
 
 #: Names longer than this do not widen every line (they push their own line's columns right).
@@ -36,28 +36,39 @@ NAME_WIDTH = 60
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _padded(cells: Sequence[Sequence[str]]) -> list[str]:
-    """Rows of cells as lines with aligned columns (for a monospace list)."""
-    if not cells:
-        return []
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    widths[0] = min(widths[0], NAME_WIDTH)
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+def _widths(rows: Sequence[Sequence[str]]) -> list[int]:
+    return [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
 
 
-def record_labels(records: Iterable[Record]) -> list[str]:
-    """One line per record: name, shape, dtype, saved device and size, in aligned columns."""
-    return _padded([(r.name or "(root)", format_shape(r.shape), str(r.dtype), r.location, format_bytes(r.nbytes))
-                    for r in records])
+def entry_labels(records: Iterable[Record], values: Mapping[str, Any]) -> list[str]:
+    """One line per entry, arrays first: name, shape, dtype, saved device and size of each
+    array, name and :func:`value_text` of each other value; names in one aligned column."""
+    array_rows = [(r.name or "(root)", format_shape(r.shape), str(r.dtype), r.location, format_bytes(r.nbytes))
+                  for r in records]
+    value_rows = [(name or "(root)", value_text(value)) for name, value in values.items()]
+    name_width = min(max((len(row[0]) for row in array_rows + value_rows), default=0), NAME_WIDTH)
+    widths = [name_width] + _widths(array_rows)[1:]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in array_rows]
+    lines += [f"{row[0].ljust(name_width)}  {row[1]}" for row in value_rows]
+    return lines
 
 
-def value_labels(values: Mapping[str, Any]) -> list[str]:
-    """One line per non-array entry: its name and what it is (``int: 5``, ``dict of 3 entries``).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 3, 4, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxother = 40, 40
 
-        >>> value_labels({"epoch": 5, "config": {"lr": 0.1}})
-        ['epoch   int: 5', 'config  dict of 1 entries']
+
+def value_text(value: Any, limit: int = 70) -> str:
+    """``type: value`` in at most ``limit`` characters, however large the value (``reprlib``).
+
+        >>> value_text({"lr": 0.1, "betas": (0.9, 0.999)})
+        "dict: {'betas': (0.9, 0.999), 'lr': 0.1}"
+        >>> value_text(list(range(100)))
+        'list of 100: [0, 1, 2, 3, 4, 5, ...]'
     """
-    return _padded([(name or "(root)", describe_value(value)) for name, value in values.items()])
+    size = f" of {len(value)}" if isinstance(value, (list, tuple, set, frozenset)) and len(value) > 6 else ""
+    text = f"{type(value).__name__}{size}: {_SHORT.repr(value)}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class EntryFilter:

@@ -32,12 +32,24 @@ from ..summary import format_bytes, format_shape
 from .stats import ArrayStats, array_stats, first_values
 from .views import pairs_html
 
-__all__ = ["ArrayPreview", "header_text", "statistics_rows", "sampled_text", "FIRST_VALUES"]
+__all__ = ["ArrayPreview", "header_text", "statistics_rows", "sampled_text", "FIRST_VALUES", "STYLE"]
 
 #: How many of the first values the preview shows.
 FIRST_VALUES = 20
 
 _HIDDEN = {"display": "none"}
+
+#: Compact tables and text in the preview and the browser (widgets' HTML is set for one-line labels).
+STYLE = (
+    "<style>"
+    ".nbckpt-preview .widget-html-content, .nbckpt-browser .widget-html-content {line-height: 1.45;}"
+    ".nbckpt-preview table th, .nbckpt-preview table td, .nbckpt-browser table th, .nbckpt-browser table td "
+    "{padding: 1px 14px 1px 0; text-align: left;}"
+    ".nbckpt-preview code {white-space: pre-wrap; font-family: var(--jp-code-font-family, monospace);}"
+    ".nbckpt-records select {font-family: var(--jp-code-font-family, monospace); "
+    "font-size: var(--jp-code-font-size, 13px);}"
+    "</style>"
+)
 
 
 def header_text(stats: ArrayStats, name: str = "") -> str:
@@ -96,9 +108,11 @@ class ArrayPreview(widgets.VBox):
         self.pictures_note = widgets.Label(note, layout={} if note else _HIDDEN)
         self.first_values = widgets.HTML(f"<code>{html.escape(first_values(array, FIRST_VALUES))}</code>")
         pictures = [image for image in (self.histogram, self.heatmap) if image is not None]
-        numbers = widgets.VBox([self.statistics, self.sampled, self.pictures_note])
-        super().__init__([self.header, widgets.HBox([numbers, *pictures]),
-                          widgets.HTML("<b>first values</b>"), self.first_values])
+        numbers = widgets.VBox([self.statistics, self.sampled, self.pictures_note],
+                               layout={"flex": "0 0 auto", "min_width": "14em", "margin": "0 16px 0 0"})
+        body = widgets.HBox([numbers, *pictures], layout={"flex_flow": "row wrap", "align_items": "flex-start"})
+        super().__init__([widgets.HTML(STYLE), self.header, body, widgets.HTML("<b>first values</b>"),
+                          self.first_values])
         self.add_class("nbckpt-preview")
 
 
