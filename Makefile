@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # JupyterLab refuses to run as root unless told; root is common in containers.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test venv clean
+.PHONY: lab test venv clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ lab: venv
 test: venv
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Fuzz the loaders for a while (scripts/fuzz.py): make fuzz FUZZ_ARGS="--minutes 10".
+# Findings (inputs that crash or raise anything but an nbckpt error) go to fuzz-findings/.
+fuzz: venv
+	$(BIN)/python -m pip install --quiet -e '.[sparse]'
+	$(BIN)/python scripts/fuzz.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
