@@ -163,6 +163,7 @@ def test_preview_of_a_2d_array():
     assert image_bytes(p.histogram).startswith(PNG_SIGNATURE) and p.histogram.format == "png"
     assert image_bytes(p.heatmap).startswith(PNG_SIGNATURE)
     assert p.first_values.value == "<code>[ 0.,  1.,  2., nan, inf,  5.]</code>"
+    assert repr(p) == "<ArrayPreview layer.w (2, 3) float32>"
     state = p.get_state()
     assert state["_view_name"] == "VBoxView" and len(state["children"]) == 5
     assert "nbckpt-preview" in state["_dom_classes"]
@@ -261,6 +262,8 @@ def test_header_and_list(state_file, make_browser):
     assert b.count.value == "8 entries" and b.more.layout.display == "none"
     assert b.device.get_state()["_options_labels"] == ("cpu",)
     assert b.status.value == "" and not b.load_button.disabled
+    assert repr(b) == f"<ArchiveBrowser of {state_file}: 8 entries>"
+    assert b._repr_mimebundle_()["text/plain"] == repr(b)
 
 
 def test_filter_narrows_the_list(state_file, make_browser):
@@ -420,6 +423,18 @@ def test_a_large_load_shows_progress(state_file, make_browser, monkeypatch):
     assert state["layout"] and b.progress.layout.display is None
     assert (state["value"], state["bar_style"], state["description"]) == (1.0, "success", "144 B / 144 B")
     assert steps == [0.333, 0.444, 1.0]
+    real_getitem = nbckpt.Archive.__getitem__
+
+    def fail_on_embed(self, name):
+        if name == ("embed",):
+            raise MemoryError("out of memory")
+        return real_getitem(self, name)
+
+    monkeypatch.setattr(nbckpt.Archive, "__getitem__", fail_on_embed)
+    b.overwrite.value = True
+    b.load_button.click()
+    assert b.status.value == "loading failed: MemoryError: out of memory"
+    assert (b.progress.value, b.progress.bar_style) == (pytest.approx(64 / 144), "danger")
 
 
 def test_load_onto_a_gpu(state_file, make_browser, fake_cupy):  # noqa: F811 - the fixture
@@ -538,6 +553,7 @@ def test_a_failing_read_is_reported_not_raised(state_file, make_browser, monkeyp
     b.load_button.click()
     assert refused(b, ns, {}) == ("loading failed: FormatError: truncated file while reading record data/0: "
                                   "expected 48 bytes, got 3")
+    assert b.progress.bar_style == ""  # small: no bar shown, none marked
     monkeypatch.setattr(nbckpt.Archive, "__getitem__", lambda self, name: (_ for _ in ()).throw(MemoryError("no")))
     b.load_button.click()
     assert refused(b, ns, {}) == "loading failed: MemoryError: no"

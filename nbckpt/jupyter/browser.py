@@ -319,8 +319,15 @@ class ArchiveBrowser(widgets.VBox):
     def _report(self, text: str, *, ok: bool) -> None:
         self.status.value = text
         self.status.style.text_color = _OK_COLOR if ok else _ERROR_COLOR
+        if not ok and self.progress.layout.display != _HIDDEN and self.progress.value < 1:
+            self.progress.bar_style = "danger"  # a load that stopped part way
 
     # -- lifetime -------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        # Short and stable: notebooks store it as the output's text (the default lists every option).
+        source = self.archive.source if self.archive is not None else "a refused file"
+        return f"<ArchiveBrowser of {source}: {len(self.entries)} entries>"
 
     def close(self) -> None:
         """Close the widgets, and the file if the browser opened it."""

@@ -114,6 +114,12 @@ class ArrayPreview(widgets.VBox):
         super().__init__([widgets.HTML(STYLE), self.header, body, widgets.HTML("<b>first values</b>"),
                           self.first_values])
         self.add_class("nbckpt-preview")
+        self._name = name
+
+    def __repr__(self) -> str:
+        # Short and stable: notebooks store it as the output's text (the default lists every part).
+        stats = self.array_stats
+        return f"<ArrayPreview {self._name + ' ' if self._name else ''}{format_shape(stats.shape)} {stats.dtype}>"
 
 
 def _pictures(array: Any, stats: ArrayStats) -> tuple[widgets.Image | None, widgets.Image | None, str]:
