@@ -138,9 +138,10 @@ def test_name_problems():
     assert listing.name_problem(["w"], 1, ns, overwrite=True) == ""
     assert listing.name_problem(["w", "b"], 2, ns, overwrite=False) == (
         'variables named w, b exist already: tick "overwrite" to replace them, or choose another name')
-    assert listing.name_problem([], 1, ns, overwrite=False) == "0 names given for 1 selected entries: give one variable name"
+    assert listing.name_problem([], 1, ns, overwrite=False) == (
+        "no name given for 1 selected entry: give one variable name")
     assert listing.name_problem(["x"], 2, ns, overwrite=False) == (
-        "1 names given for 2 selected entries: give 2 variable names, separated by commas")
+        "1 name given for 2 selected entries: give 2 variable names, separated by commas")
     assert listing.name_problem(["for"], 1, ns, overwrite=False) == (
         "'for' is a Python keyword: choose another variable name (such as for_)")
     assert listing.name_problem(["a.b"], 1, ns, overwrite=False) == (
@@ -184,7 +185,8 @@ def test_preview_of_a_large_array_is_sampled_and_says_so(monkeypatch):
     assert p.sampled.layout.display is None
     assert p.sampled.value == ("sampled: statistics of 100 of 5,000 elements (NaN, Inf and zero counts are "
                                "of the sample)")
-    assert p.first_values.value.startswith("<code>[ 0.,  1.,  2.,") and p.first_values.value.endswith("19., …]</code>")
+    assert p.first_values.value.startswith("<code>[ 0.,  1.,  2.,")
+    assert p.first_values.value.endswith("19., …]</code>")
 
 
 @pytest.mark.parametrize("torch_dtype", TORCH_DTYPES, ids=lambda d: d.name)
@@ -497,8 +499,8 @@ def test_name_clash_is_refused_unless_overwrite_is_ticked(state_file, make_brows
 @pytest.mark.parametrize("typed, message", [
     ("2fast", "'2fast' is not a valid Python variable name: use letters, digits and _, not starting with a digit"),
     ("lambda", "'lambda' is a Python keyword: choose another variable name (such as lambda_)"),
-    ("", "0 names given for 1 selected entries: give one variable name"),
-    ("a, b", "2 names given for 1 selected entries: give one variable name"),
+    ("", "no name given for 1 selected entry: give one variable name"),
+    ("a, b", "2 names given for 1 selected entry: give one variable name"),
 ])
 def test_invalid_names_are_refused(state_file, make_browser, typed, message):
     ns = {}

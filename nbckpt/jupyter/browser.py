@@ -218,7 +218,8 @@ class ArchiveBrowser(widgets.VBox):
             arrays = sum(entry.record is not None for entry in chosen)
             size = format_bytes(sum(entry.nbytes for entry in chosen))
             self.preview.children = [widgets.Label(
-                f"{len(chosen)} entries selected ({arrays} arrays, {size}): Load loads each into its own variable")]
+                f"{len(chosen)} entries selected ({arrays} array{'' if arrays == 1 else 's'}, {size}): Load loads "
+                f"each into its own variable")]
         else:
             self.preview.children = [self._preview(chosen[0])]
 

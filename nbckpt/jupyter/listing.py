@@ -134,7 +134,9 @@ def name_problem(names: Sequence[str], wanted: int, namespace: Mapping[str, Any]
     """
     if len(names) != wanted:
         what = "one variable name" if wanted == 1 else f"{wanted} variable names, separated by commas"
-        return f"{len(names)} names given for {wanted} selected entries: give {what}"
+        given = "no name" if not names else f"{len(names)} name{'s' if len(names) > 1 else ''}"
+        entries = "1 selected entry" if wanted == 1 else f"{wanted} selected entries"
+        return f"{given} given for {entries}: give {what}"
     for name in names:
         if keyword.iskeyword(name):
             return f"{name!r} is a Python keyword: choose another variable name (such as {name}_)"
