@@ -609,3 +609,14 @@ def test_widgets_import_lazily_and_stock_widgets_only():
               "assert sorted(nbckpt.jupyter.__all__) == ['ArchiveBrowser', 'ArrayPreview', 'load_ipython_extension']\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_value_preview_is_bounded():
+    nested = {"model": {"layers": [{"width": 64, "act": "relu"}] * 3}, "lr": 1e-3}
+    assert listing.value_preview(nested) == (
+        "{'lr': 0.001,\n 'model': {'layers': [{'act': 'relu', 'width': 64}, {'act': 'relu', 'width': 64},\n"
+        "                      {'act': 'relu', 'width': 64}]}}")
+    huge = {"ids": list(range(10**6))}
+    assert listing.value_preview(huge) == "{'ids': [" + ", ".join(map(str, range(50))) + ", ...]}"
+    assert len(listing.value_preview("x" * 10**6)) == 4000 + len(" …")
+    assert listing.value_preview(list(range(3000)), limit=20) == "[0, 1, 2, 3, 4, 5, 6 …"

@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import html
 import os
-import pprint
 from dataclasses import dataclass
 from typing import Any, Mapping, MutableMapping
 
@@ -61,7 +60,7 @@ __all__ = ["ArchiveBrowser", "MAX_SHOWN", "PROGRESS_THRESHOLD"]
 MAX_SHOWN = 500
 #: Loads of at least this many bytes show the progress bar.
 PROGRESS_THRESHOLD = 64 << 20
-#: A value's preview shows at most this many characters of its ``pprint`` text.
+#: A value's preview shows at most this many characters of its text.
 VALUE_PREVIEW_CHARS = 4000
 
 _ERROR_COLOR = "#b00020"
@@ -225,9 +224,7 @@ class ArchiveBrowser(widgets.VBox):
 
     def _preview(self, entry: _Entry) -> widgets.Widget:
         if entry.record is None:
-            text = pprint.pformat(self.archive.values[entry.name], width=100, compact=True)
-            if len(text) > VALUE_PREVIEW_CHARS:
-                text = text[:VALUE_PREVIEW_CHARS] + " …"
+            text = listing.value_preview(self.archive.values[entry.name], VALUE_PREVIEW_CHARS)
             heading = f"<b>{html.escape(entry.name or '(root)')}</b>&nbsp; "
             return widgets.HTML(f"{heading}{html.escape(describe_value(self.archive.values[entry.name]))}"
                                 f"<pre>{html.escape(text)}</pre>")

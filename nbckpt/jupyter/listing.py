@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import keyword
+import pprint
 import re
 import reprlib
 from typing import Any, Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..archive import ArchiveInfo, Record
 from ..summary import format_bytes, format_shape
 
-__all__ = ["entry_labels", "value_text", "EntryFilter", "variable_name", "parse_variable_names",
+__all__ = ["entry_labels", "value_text", "value_preview", "EntryFilter", "variable_name", "parse_variable_names",
            "name_problem", "header_rows", "NAME_WIDTH"]
 
 #: Names longer than this do not widen every line (they push their own line's columns right).
@@ -69,6 +70,44 @@ def value_text(value: Any, limit: int = 70) -> str:
     size = f" of {len(value)}" if isinstance(value, (list, tuple, set, frozenset)) and len(value) > 6 else ""
     text = f"{type(value).__name__}{size}: {_SHORT.repr(value)}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_LONG = reprlib.Repr()
+_LONG.maxlevel, _LONG.maxdict, _LONG.maxlist, _LONG.maxtuple, _LONG.maxset = 6, 50, 50, 50, 50
+_LONG.maxstring, _LONG.maxother = 1000, 200
+
+
+def value_preview(value: Any, limit: int = 4000, pretty_items: int = 2000) -> str:
+    """A value as the preview shows it: ``pprint``-ed when it is small (at most
+    ``pretty_items`` items, counted without walking more), else a ``reprlib`` summary;
+    at most ``limit`` characters either way.
+
+        >>> print(value_preview({"lr": 0.1, "betas": (0.9, 0.999)}))
+        {'betas': (0.9, 0.999), 'lr': 0.1}
+        >>> value_preview(list(range(10**6)))[-12:]
+        '48, 49, ...]'
+    """
+    if _items_up_to(value, pretty_items + 1) <= pretty_items:
+        text = pprint.pformat(value, width=100, compact=True)
+    else:
+        text = _LONG.repr(value)
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _items_up_to(value: Any, most: int) -> int:
+    """How many items ``value`` holds at any depth, counting no further than ``most``."""
+    count, stack = 0, [value]
+    while stack and count < most:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        if len(stack) > most:  # a huge container: no need to look inside
+            return most
+    return count
 
 
 class EntryFilter:
