@@ -37,7 +37,7 @@ from .format.checkpoint import ZipCheckpoint, open_zip_checkpoint
 from .materialize import ZipMaterializer, ZipSource
 from .meta import MetaArray
 from .pickling import scan
-from .pickling.rebuild import Rebuilder
+from .pickling.rebuild import Rebuilder, transform_covered
 from .pickling.unpickler import FullUnpickler, SafeUnpickler
 from .sources import check_seekable, is_path
 from .summary import records_html
@@ -358,8 +358,7 @@ class Archive:
                 array = backend.view(storage, ref.dtype, ref.offset, ref.shape, ref.strides)
         if ref.transforms:
             with device_scope(array):
-                for transform in ref.transforms:
-                    array = array.conj() if transform == "conj" else -array
+                array = transform_covered(array, "conj" in ref.transforms, "neg" in ref.transforms)
         return array
 
     def _storage_reader(self) -> ZipMaterializer:
@@ -421,7 +420,7 @@ def _holders_of_arrays(tree: Any) -> set[int]:
         obj, depth, expanded = stack.pop()
         if not isinstance(obj, (dict, list, tuple)):
             continue
-        children = list(obj.values()) if isinstance(obj, dict) else list(obj)
+        children = list(dict.values(obj)) if isinstance(obj, dict) else list(obj)
         if expanded:
             if any(isinstance(c, (_ArrayRef, MetaArray)) or id(c) in holders for c in children):
                 holders.add(id(obj))
@@ -451,7 +450,8 @@ def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
             if id(obj) in seen or depth >= _MAX_DEPTH:
                 continue
             seen.add(id(obj))
-            items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+            # dict.items, not obj.items: a loaded mapping's attributes are the file's.
+            items = dict.items(obj) if isinstance(obj, dict) else enumerate(obj)
             children = [(path + (k,), v, depth + 1) for k, v in items]
             stack.extend(reversed(children))
             continue

@@ -223,7 +223,9 @@ def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: 
         raise FormatError(f"the legacy storage key list is a {type(keys).__name__}, expected a list")
     filled = set()
     for raw_key in keys:
-        key = _ascii(raw_key)
+        key = _ascii(raw_key) if type(raw_key) in (str, bytes) else None
+        if key is None:
+            raise FormatError(f"the legacy storage key list holds a {type(raw_key).__name__}, expected strings")
         if key not in materializer.storages or key in filled:
             raise FormatError(f"storage {key!r} is listed but no object uses it (or twice); the file is corrupt")
         _storage, dtype, numel = materializer.storages[key]
@@ -261,7 +263,7 @@ def load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str
 
 def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str, skip_data: bool) -> Any:
     options = dict(weights_only=weights_only, encoding=encoding)
-    with tarfile.open(fileobj=stream, mode="r:", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=_Bounded(stream), mode="r:", format=tarfile.PAX_FORMAT) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         for name in ("storages", "tensors", "pickle"):
             if name not in members:
@@ -289,9 +291,11 @@ def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: st
         if not isinstance(views, list):
             raise FormatError(f"legacy tar storage views are a {type(views).__name__}, expected a list")
         for view in views:
-            if not (isinstance(view, tuple) and len(view) == 4) or view[1] not in objects:
+            if not (isinstance(view, tuple) and len(view) == 4) or type(view[1]) is not int or view[1] not in objects:
                 raise FormatError(f"legacy tar storage view {view!r} is not (key, stored root, offset, size)")
             view_key, root_key, offset, size = view
+            if type(view_key) is not int:
+                raise FormatError(f"legacy tar storage view key {view_key!r} is not an int")
             objects[view_key] = rebuilder.storage_view(objects[root_key], (str(view_key), offset, size))
 
         # Tensors: a header pickle each, then rank, sizes, strides and offset as raw ints.
@@ -299,7 +303,8 @@ def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: st
         end = members["tensors"].size
         for _ in range(_count(_member_pickle(tensors, end, "tensor count", **options), "tensor")):
             entry = _member_pickle(tensors, end, "tensor header", **options)
-            if not (isinstance(entry, tuple) and len(entry) == 3) or entry[1] not in objects:
+            if not (isinstance(entry, tuple) and len(entry) == 3 and type(entry[0]) is int
+                    and type(entry[1]) is int and entry[1] in objects):
                 raise FormatError(f"legacy tar tensor header {entry!r} does not name a stored storage")
             key, storage_key, _tensor_type = entry
             ndim = spec.read_int64(tensors, "tensor rank") & 0xFFFFFFFF  # an int32 and 4 spare bytes
@@ -325,6 +330,30 @@ def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: st
         return materializer.fill_deferred(result)
 
 
+class _Bounded:
+    """A read-only stream that refuses reads past its end *before* allocating.
+
+    tarfile reads a PAX header's declared size in one ``read(n)``: a 1.5 kB file
+    declaring 8 GiB would otherwise allocate 8 GiB.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._end = _stream_end(stream)
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._end - self._stream.tell()
+        if n is not None and n > left:
+            raise FormatError(f"the tar archive asks for {n} bytes, only {left} are left: it is corrupt or lies")
+        return self._stream.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
 def _count(value: Any, what: str) -> int:
     if not isinstance(value, int) or value < 0:
         raise FormatError(f"legacy tar {what} count is {value!r}")
@@ -347,7 +376,7 @@ def stream_pickles(stream) -> list[bytes]:
 def tar_pickles(stream) -> list[bytes]:
     """The object pickle of a 0.1–0.3 tar checkpoint, read without running it."""
     try:
-        with tarfile.open(fileobj=stream, mode="r:") as tar:
+        with tarfile.open(fileobj=_Bounded(stream), mode="r:") as tar:
             member = tar.getmember("pickle")
             return [spec.read_pickle_bytes(tar.extractfile(member), member.size, "object pickle")]
     except (tarfile.TarError, KeyError) as err:

@@ -340,12 +340,7 @@ MUTATORS: dict[str, Callable[[bytes, Draw], bytes]] = {
 #: nbckpt bugs already known (see tests/test_attacks.py): (exception type, message regex, what).
 #: A finding that matches one is reported as known; the tests tolerate them, each having its
 #: own strict-xfail regression test, so that new problems stay visible.
-KNOWN_BUGS: list[tuple[str, str, str]] = [
-    ("zlib.error", r"while decompressing data",
-     "zlib.error from an invalid deflate stream is not wrapped in FormatError"),
-    ("TypeError", r"^unhashable type",
-     "an unhashable storage key in a legacy pickle raises TypeError (legacy_key_unhashable in the corpus)"),
-]
+KNOWN_BUGS: list[tuple[str, str, str]] = []
 
 
 #: Outcomes that are not nbckpt errors but are nbckpt's documented behaviour: (type, why).

@@ -95,47 +95,6 @@ def _bug(files: list[str], modes: tuple[str, ...] | str, reason: str) -> None:
             KNOWN_BUGS[(file, mode)] = "BUG: " + reason
 
 
-_bug(["sg_pop_decoy.pt", "sg_binstring.pt"], "scan",
-     "nbckpt.scan names a STACK_GLOBAL by the last two unicode string constants it saw, not by the "
-     "stack: a pushed-and-POPped decoy string, or SHORT_BINSTRING operands, make it report a wrong "
-     "global ('system.decoy', 'cpu.x') instead of os.system")
-_bug(["op_inst_os_system.pt"], "scan",
-     "nbckpt.scan ignores INST: a file whose only dangerous global is INST os.system is reported clean")
-_bug(["build_od_shadow_items.pt"], ("open", "verify"),
-     "Archive._index calls obj.items() on loaded mappings; a BUILD that sets an 'items' attribute on "
-     "an OrderedDict makes nbckpt.open and nbckpt.verify raise TypeError")
-_bug(["pending_alias.pt"], ("load", "mmap"),
-     "a NumPy array fetched from the memo before its BUILD stays nbckpt's internal _PendingArray "
-     "placeholder inside the loaded object")
-_bug(["view_size_product_overflow.pt"], "open",
-     "Archive builds views outside the unpickler's error wrapping: NumPy's 'array is too big' "
-     "ValueError escapes nbckpt.open for a (2**32, 2**32) stride-0 view")
-_bug(["conj_broadcast_bomb.pt", "neg_broadcast_bomb.pt"], ("load", "mmap", "open"),
-     "conj/neg math bits are applied eagerly: on a stride-0 view of 2**31 elements over a 24-byte "
-     "storage they allocate 16 GiB (MemoryError under the limit)")
-_bug(["bomb_deep_tuple_key.pt", "bomb_deep_tuple_set.pt"], ("load", "mmap", "open", "verify"),
-     "tuple nesting is unbounded: hashing a 300,000-deep tuple built with TUPLE1 (as a dict key or "
-     "set item) overflows the C stack: segfault")
-_bug(["bomb_zip_deflated_storage_tb.pt", "bomb_zip_deflated_storage_1g.pt"], ("load", "mmap", "open", "verify"),
-     "the declared size of a DEFLATED storage record is allocated before inflating: a 4 kB record "
-     "declaring 2**40 bytes raises MemoryError (1 GiB: allocated, then refused); deflate cannot "
-     "exceed ~1032:1, so the size could be refused up front")
-_bug(["bomb_zip_deflated_datapkl.pt"], ("load", "mmap", "open", "scan", "verify"),
-     "ZipReader.read allocates the declared size of a DEFLATED data.pkl (2 GiB - 1) before "
-     "inflating: MemoryError")
-_bug(["bomb_tar_pax_size.tar"], ("load", "scan", "verify"),
-     "tarfile reads a PAX header's declared size (8 GiB) in one read() on the file: MemoryError "
-     "escapes nbckpt.load/scan/verify for a 1.5 kB tar")
-_bug(["zip_deflate_corrupt.pt"], ("load", "mmap", "open", "verify"),
-     "zlib.error from an invalid deflate stream escapes (not wrapped in FormatError)")
-_bug(["zip_datapkl_deflate_corrupt.pt"], ("load", "mmap", "open", "scan", "verify"),
-     "zlib.error from an invalid deflate stream in data.pkl escapes (not wrapped in FormatError)")
-_bug(["legacy_key_unhashable.pt", "tar_view_unhashable.tar", "tar_tensor_key_unhashable.tar"],
-     ("load", "verify"),
-     "unhashable keys from the legacy pickles (a list in the storage-key list, a tar view's root "
-     "key, a tar tensor key) raise TypeError instead of FormatError")
-
-
 def _known_bug(file: str, mode: str) -> str | None:
     return KNOWN_BUGS.get((file, mode)) or KNOWN_BUGS.get((file, "*"))
 

@@ -257,8 +257,6 @@ def _corrupt_deflate_input() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: zlib.error from an invalid deflate stream escapes "
-                                       "nbckpt.load/open (not wrapped in FormatError)")
 def test_known_bug_invalid_deflate_data_is_a_format_error():
     data = _corrupt_deflate_input()
     with memory_guard():
@@ -266,8 +264,6 @@ def test_known_bug_invalid_deflate_data_is_a_format_error():
     assert findings == [], [(f.entry, f.type, f.message) for f in findings]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unhashable storage key in a legacy stream's key list "
-                                       "raises TypeError instead of FormatError")
 def test_known_bug_unhashable_legacy_key_is_a_format_error():
     data = (ROOT / "tests" / "data" / "attacks" / "legacy_key_unhashable.pt").read_bytes()
     with memory_guard():

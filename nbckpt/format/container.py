@@ -28,6 +28,7 @@ from . import spec
 
 __all__ = ["ZipWriter", "ZipReader", "Entry", "read_exact", "readinto_exact"]
 
+_MAX_DEFLATE_RATIO = 1032  # the most deflate can compress (258-byte matches in 2 bits)
 _PIPELINE = 1 << 24  # records from 16 MiB on are checksummed while they are written
 _PIPELINE_CHUNK = 1 << 23  # in 8 MiB steps
 _PENDING = object()  # a CRC still to be computed
@@ -464,6 +465,12 @@ class ZipReader:
                     f"record {name!r} uses zip compression method {method}; only stored (0) and deflated (8) are read",
                     record=name,
                 )
+            if method == spec.METHOD_DEFLATED and usize > csize * _MAX_DEFLATE_RATIO + 1024:
+                raise FormatError(
+                    f"deflated record {name!r} claims to inflate {csize} bytes to {usize}, more than "
+                    f"deflate can (about {_MAX_DEFLATE_RATIO}:1): the directory lies",
+                    record=name,
+                )
             if method == spec.METHOD_STORED and csize != usize:
                 raise FormatError(
                     f"stored record {name!r} declares {csize} compressed and {usize} uncompressed bytes",
@@ -657,6 +664,12 @@ class ZipReader:
 
     def _inflate_into(self, entry: Entry, view: memoryview) -> None:
         # Bounded by the declared size, so a deflate bomb cannot grow memory.
+        try:
+            self._inflate(entry, view)
+        except zlib.error as err:
+            raise FormatError(f"deflated record {entry.name!r} is corrupt: {err}", record=entry.name) from None
+
+    def _inflate(self, entry: Entry, view: memoryview) -> None:
         decomp = zlib.decompressobj(-15)
         got = 0
         left = entry.compressed_size

@@ -356,6 +356,8 @@ class Rebuilder:
         last = offset
         for n, s in zip(shape, strides):
             last += (n - 1) * s
+        if math.prod(shape) * itemsize >= _INDEX_LIMIT:
+            raise FormatError(f"array size {shape} is too large to represent", record=f"data/{key}")
         if (last + 1) * itemsize > nbytes:
             raise FormatError(
                 f"array of size {shape}, stride {strides} at offset {offset} needs "
@@ -587,12 +589,40 @@ def _apply_math_bits(array: Any, metadata: Any) -> Any:
         return array
     if not isinstance(metadata, dict) or not set(metadata) <= {"conj", "neg"}:
         raise FormatError(f"unknown tensor metadata {metadata!r}")
-    with _device_scope(array):  # a GPU array's result stays on its GPU
-        if metadata.get("conj"):
+    conj, neg = bool(metadata.get("conj")), bool(metadata.get("neg"))
+    if not (isinstance(array, np.ndarray) or type(array).__module__.startswith("cupy")):
+        # a lazy description (nbckpt.open): it records the bits
+        if conj:
             array = array.conj()
-        if metadata.get("neg"):
-            array = -array
-    return array
+        return -array if neg else array
+    with _device_scope(array):  # a GPU array's result stays on its GPU
+        return transform_covered(array, conj, neg)
+
+
+def transform_covered(array: Any, conj: bool, neg: bool) -> Any:
+    """conj/neg of a view, computed on the storage elements it covers only.
+
+    A view can cover far fewer elements than it has (a stride-0 expansion of
+    one value to 2**31 elements): transforming the covered span and viewing it
+    with the same strides keeps both the memory and the layout of the original.
+    """
+    itemsize = array.dtype.itemsize
+    if array.size == 0 or itemsize == 0:
+        return array
+    strides = array.strides
+    covered = 1 + sum((n - 1) * s for n, s in zip(array.shape, strides)) // itemsize
+    if covered >= array.size or any(s < 0 or s % itemsize for s in strides):
+        values = array  # no overlap: transforming the array itself costs no more
+        if conj:
+            values = values.conj()
+        return -values if neg else values
+    xp = importlib.import_module(type(array).__module__.split(".")[0])
+    stride_tricks = xp.lib.stride_tricks
+    span = stride_tricks.as_strided(array, shape=(covered,), strides=(itemsize,))
+    if conj:
+        span = span.conj()
+    span = -span if neg else span.copy()
+    return stride_tricks.as_strided(span, shape=array.shape, strides=strides)
 
 
 def _device_scope(array: Any) -> Any:

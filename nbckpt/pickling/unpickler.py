@@ -70,6 +70,7 @@ for _code, _name in ((b"I", "INT"), (b"L", "LONG"), (b"F", "FLOAT"), (b"S", "STR
     _REFUSED[_code[0]] = (_name, "belongs to the text pickle protocol 0, which torch never writes")
 
 _DICT_TYPES = (dict, collections.OrderedDict, collections.Counter)
+_HASHED_NESTING = frozenset({tuple, frozenset})  # containers whose hash recurses into items
 
 
 class SafeUnpickler:
@@ -154,6 +155,9 @@ class SafeUnpickler:
     def _fail(self, pos: int, message: str) -> FormatError:
         return FormatError(f"corrupt pickle at byte {pos}: {message}", record="data.pkl")
 
+    def _unfinished_use(self, value: Any, pos: int) -> FormatError:
+        return self._fail(pos, f"{value!r} is used before the pickle finished building it")
+
     def _short(self, pos: int, n: int, end: int) -> FormatError:
         return self._fail(pos, f"expected {n} bytes of data, only {max(end - pos, 0)} left")
 
@@ -194,7 +198,15 @@ class SafeUnpickler:
             self._unfinished.pop(id(inst), None)
             return inst.finish(state)
         if type(inst) is collections.OrderedDict:
-            # A state_dict's ``_metadata`` (module versions) arrives this way.
+            # A state_dict's ``_metadata`` (module versions) arrives this way;
+            # names of the mapping's own methods (``items``...) may not be shadowed.
+            if isinstance(state, dict):
+                for key in state:
+                    if isinstance(key, str) and not key.startswith("__") and hasattr(collections.OrderedDict, key):
+                        raise UnpicklingError(
+                            f"weights_only=True refused BUILD setting {key!r} on an OrderedDict (byte {pos}): "
+                            f"it would hide the mapping's own attribute"
+                        )
             _set_attributes(inst, state, pos)
             return inst
         if id(type(inst)) in self._user_classes:
@@ -236,6 +248,24 @@ class SafeUnpickler:
         callables = self._rebuilder.callables
         user_callables = self._user_callables
         persistent_load = self._persistent_load
+        # Depth of nested tuples/frozensets: hashing one recurses in C without a
+        # stack check, so a pickle of 300,000 nested tuples used as a dict key
+        # would crash the interpreter. Only nested ones are recorded.
+        depths: dict[int, tuple[Any, int]] = {}
+
+        def depth_of(container: Any) -> None:
+            deepest = 0
+            for item in container:
+                if type(item) in _HASHED_NESTING:
+                    known = depths.get(id(item))
+                    inner = known[1] if known is not None and known[0] is item else 1
+                    if inner > deepest:
+                        deepest = inner
+            if deepest:
+                if deepest + 1 > MAX_NESTING:
+                    raise FormatError(f"tuples nest more than {MAX_NESTING} levels deep", record="data.pkl")
+                depths[id(container)] = (container, deepest + 1)
+
         try:
             while True:
                 op = data[pos]
@@ -249,7 +279,10 @@ class SafeUnpickler:
                     if unfinished and id(value) in unfinished:
                         pending_slots.setdefault(id(value), []).append(index)
                 elif op == _BINGET:
-                    append(memo[data[pos]])
+                    value = memo[data[pos]]
+                    if unfinished and id(value) in unfinished:
+                        raise self._unfinished_use(value, pos)
+                    append(value)
                     pos += 1
                 elif op == _BININT1:
                     append(data[pos])
@@ -276,12 +309,20 @@ class SafeUnpickler:
                     k = marks.pop()
                     items = tuple(stack[k:])
                     del stack[k:]
+                    if _HASHED_NESTING & {type(v) for v in items}:
+                        depth_of(items)
                     append(items)
                 elif op == _TUPLE1:
-                    stack[-1] = (stack[-1],)
+                    items = (stack[-1],)
+                    if type(items[0]) in _HASHED_NESTING:
+                        depth_of(items)
+                    stack[-1] = items
                 elif op == _TUPLE2:
                     b = stack.pop()
-                    stack[-1] = (stack[-1], b)
+                    items = (stack[-1], b)
+                    if type(b) in _HASHED_NESTING or type(items[0]) in _HASHED_NESTING:
+                        depth_of(items)
+                    stack[-1] = items
                 elif op == _REDUCE:
                     args = stack.pop()
                     func = stack[-1]
@@ -289,6 +330,8 @@ class SafeUnpickler:
                         result = func(*args)
                         if isinstance(result, PendingObject):
                             unfinished[id(result)] = result
+                        elif type(result) in _HASHED_NESTING:
+                            depth_of(result)
                         stack[-1] = result
                     else:
                         stack[-1] = self._reduce(func, args, pos - 1)  # raises the right error
@@ -315,7 +358,10 @@ class SafeUnpickler:
                     for i in range(0, len(items), 2):
                         target[items[i]] = items[i + 1]
                 elif op == _LONG_BINGET:
-                    append(memo[_unpack_u4(data, pos)[0]])
+                    value = memo[_unpack_u4(data, pos)[0]]
+                    if unfinished and id(value) in unfinished:
+                        raise self._unfinished_use(value, pos)
+                    append(value)
                     pos += 4
                 elif op == _BININT:
                     append(_unpack_i4(data, pos)[0])
@@ -323,7 +369,10 @@ class SafeUnpickler:
                 elif op == _TUPLE3:
                     c = stack.pop()
                     b = stack.pop()
-                    stack[-1] = (stack[-1], b, c)
+                    items = (stack[-1], b, c)
+                    if _HASHED_NESTING & {type(v) for v in items}:
+                        depth_of(items)
+                    stack[-1] = items
                 elif op == _GLOBAL:
                     module = self._line(data, pos, end)
                     pos += len(module) + 1
@@ -447,9 +496,10 @@ class SafeUnpickler:
                     if not marks:
                         raise self._fail(pos, "FROZENSET needs a MARK but there is none")
                     k = marks.pop()
-                    items = stack[k:]
+                    items = frozenset(stack[k:])
                     del stack[k:]
-                    append(frozenset(items))
+                    depth_of(items)
+                    append(items)
                 elif op == _STACK_GLOBAL:
                     name = stack.pop()
                     module = stack.pop()
@@ -474,6 +524,8 @@ class SafeUnpickler:
                         raise self._fail(pos, "POP_MARK needs a MARK but there is none")
                     del stack[marks.pop():]
                 elif op == _DUP:
+                    if unfinished and id(stack[-1]) in unfinished:
+                        raise self._unfinished_use(stack[-1], pos)
                     append(stack[-1])
                 elif op == _STOP:
                     self.position = pos
