@@ -20,17 +20,21 @@ from .pickling.run import run_unpickler
 from .pickling.scan import GlobalRef, scan_pickle
 from .pickling.writer import CheckpointPickler, SavePlan
 from .progress import progress_bar
-from .sources import archive_prefix, atomic_write, check_writable, is_path, open_source
+from .sources import archive_prefix, atomic_write, check_storage_options, check_writable, is_path, is_url, open_source
 
 __all__ = ["save", "load", "scan"]
 
 
 
-def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None) -> None:
+def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
+         storage_options: dict | None = None) -> None:
     """Save ``obj`` to ``f`` in torch's checkpoint format (torch.load reads it).
 
     ``f`` is a path (written atomically: a failed save leaves any previous file
-    untouched) or a binary file object (only ``write`` and ``flush`` are used).
+    untouched), a URL (``s3://bucket/model.pt``: written to a local temporary
+    file, then uploaded in one operation; on S3, GCS and Azure the object appears
+    whole or not at all, see :mod:`nbckpt.remote`; ``storage_options`` go to
+    fsspec) or a binary file object (only ``write`` and ``flush`` are used).
     ``obj`` may nest dicts, OrderedDicts, lists, tuples, namedtuples and sets of
     NumPy arrays and scalars, str, bytes, bytearray, int, float, complex, bool
     and None. Arrays that view one buffer are stored once and view one buffer
@@ -49,6 +53,7 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None)
     """
     if format not in ("zip", "legacy"):
         raise ValueError(f"format must be 'zip' (torch >= 1.6) or 'legacy' (torch < 1.6), got {format!r}")
+    check_storage_options(f, storage_options)
     write = None if is_path(f) else check_writable(f)
     plan = SavePlan.build(obj)  # every check happens before the first byte is written
     pickler = CheckpointPickler(plan, legacy=format == "legacy")
@@ -63,7 +68,7 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None)
             _write_zip(write_to, archive_prefix(f), data_pkl, pickler.storages, bar)
     try:
         if write is None:
-            with atomic_write(f) as handle:
+            with atomic_write(f, storage_options=storage_options, progress=progress) as handle:
                 emit(handle.write)
             return
         emit(write)
@@ -97,11 +102,13 @@ def load(
     encoding: str = "utf-8",
     verify: bool = False,
     progress: bool | None = None,
+    storage_options: dict | None = None,
 ) -> Any:
     """Load a checkpoint written by ``torch.save`` or :func:`nbckpt.save`.
 
     Tensors come back as NumPy arrays (CuPy arrays on ``cuda`` devices), views
-    sharing memory where the tensors shared storage. ``f`` is a path or a
+    sharing memory where the tensors shared storage. ``f`` is a path, a URL
+    (``s3://``, ``https://``... through fsspec, with ``storage_options``) or a
     seekable binary file object; loading starts at its current position and
     leaves it just after the checkpoint.
 
@@ -112,7 +119,7 @@ def load(
 
     ``map_location`` places storages (see :mod:`nbckpt.devices`). ``mmap=True``
     (or ``"r"``) maps host arrays read-only from the file, ``"c"``
-    copy-on-write (writable; the file never changes); it needs a path.
+    copy-on-write (writable; the file never changes); it needs a local path.
     ``skip_data=True`` builds every array with its shape and dtype but reads no
     storage byte (the values are undefined). ``verify=True`` checks every zip
     record's CRC-32 as it is read (a corrupt record raises FormatError); torch
@@ -128,12 +135,8 @@ def load(
     """
     device_map = DeviceMap.parse(map_location)
     access = mmap_access(mmap)
-    if access is not None and not is_path(f):
-        raise ValueError(
-            f"mmap needs a path to map the file; got a {type(f).__qualname__}. Pass the file's "
-            f"path, or load without mmap."
-        )
-    with open_source(f) as (stream, _path):
+    check_mmap_source(f, access)
+    with open_source(f, storage_options) as (stream, _path):
         start = stream.tell()
         magic = stream.read(4)
         stream.seek(start)
@@ -170,6 +173,22 @@ def load(
                                          encoding=encoding, skip_data=skip_data)
 
 
+def check_mmap_source(f: Any, access: int | None) -> None:
+    """ValueError when ``mmap`` is asked for on something that is not a local path."""
+    if access is None:
+        return
+    if is_url(f):
+        raise ValueError(
+            f"mmap maps local files only; {f} is a URL. Load it without mmap (arrays are then read "
+            f"with ranged requests), or copy it to a local file first."
+        )
+    if not is_path(f):
+        raise ValueError(
+            f"mmap needs a path to map the file; got a {type(f).__qualname__}. Pass the file's "
+            f"path, or load without mmap."
+        )
+
+
 def unpickle(data_pkl: bytes, materializer: Any, *, weights_only: bool, encoding: str) -> Any:
     """Run a zip checkpoint's pickle over ``materializer``."""
     return run_unpickler(data_pkl, Rebuilder(materializer), weights_only=weights_only,
@@ -198,8 +217,10 @@ def map_file(stream, access: int | None):
     # Arrays keep the mapping alive through their buffers; it closes when they go.
 
 
-def scan(f: Any) -> list[GlobalRef]:
+def scan(f: Any, *, storage_options: dict | None = None) -> list[GlobalRef]:
     """The globals a checkpoint's pickle names, each marked allowed or not; nothing runs.
+
+    ``f`` is a path, a URL (with ``storage_options``) or a seekable file object.
 
     Use it to see everything a ``weights_only`` load would refuse, at once:
 
@@ -210,7 +231,7 @@ def scan(f: Any) -> list[GlobalRef]:
         >>> [(g.name, g.allowed) for g in nbckpt.scan(buf)]
         [('collections.OrderedDict', True)]
     """
-    with open_source(f) as (stream, _path):
+    with open_source(f, storage_options) as (stream, _path):
         start = stream.tell()
         magic = stream.read(4)
         stream.seek(start)

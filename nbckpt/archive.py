@@ -17,7 +17,6 @@ array is read when asked for, and only its storage is read.
 
 from __future__ import annotations
 
-import builtins
 import copy
 import math
 import mmap as mmap_module
@@ -39,7 +38,7 @@ from .meta import MetaArray
 from .pickling import scan
 from .pickling.rebuild import Rebuilder, transform_covered
 from .pickling.unpickler import FullUnpickler, SafeUnpickler
-from .sources import check_seekable, is_path
+from .sources import is_path, open_input
 from .summary import records_html
 
 __all__ = ["Archive", "Record", "ArchiveInfo", "open"]
@@ -168,8 +167,12 @@ _SPARSE_PART_NAMES = {
 
 
 def open(f: Any, *, map_location: Any = None, weights_only: bool = True,
-         mmap: bool | str = False) -> "Archive":
+         mmap: bool | str = False, storage_options: dict | None = None) -> "Archive":
     """Open a checkpoint lazily: see :class:`Archive`. Use it as a context manager.
+
+    ``f`` may be a URL (``s3://bucket/model.pt``, ``https://...``; ``storage_options``
+    go to fsspec): opening then fetches the zip directory and ``data.pkl`` with
+    ranged requests, and each array's bytes only when it is read.
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
@@ -179,31 +182,29 @@ def open(f: Any, *, map_location: Any = None, weights_only: bool = True,
         ...     len(archive), archive.info.format
         (1, 'zip')
     """
-    return Archive(f, map_location=map_location, weights_only=weights_only, mmap=mmap)
+    return Archive(f, map_location=map_location, weights_only=weights_only, mmap=mmap,
+                   storage_options=storage_options)
 
 
 class Archive:
     """A checkpoint opened for browsing: ``records``, ``archive[name]``, ``load()``.
 
-    ``f`` is a path (kept open until :meth:`close`) or a seekable binary file
-    object (used in place; do not use it elsewhere while the archive is open).
-    ``map_location``, ``weights_only`` and ``mmap`` act as in :func:`nbckpt.load`
-    on every array read from the archive.
+    ``f`` is a path or a URL (kept open until :meth:`close`) or a seekable
+    binary file object (used in place; do not use it elsewhere while the archive
+    is open). ``map_location``, ``weights_only`` and ``mmap`` act as in
+    :func:`nbckpt.load` on every array read from the archive; ``storage_options``
+    go to fsspec for URLs.
     """
 
     def __init__(self, f: Any, *, map_location: Any = None, weights_only: bool = True,
-                 mmap: bool | str = False) -> None:
+                 mmap: bool | str = False, storage_options: dict | None = None) -> None:
         self._device_map = DeviceMap.parse(map_location)
         self._weights_only = weights_only
         self._access = api.mmap_access(mmap)
-        if self._access is not None and not is_path(f):
-            raise ValueError("mmap needs a path to map the file; pass the file's path")
+        api.check_mmap_source(f, self._access)
         self.source = os.fsdecode(f) if is_path(f) else f"<{type(f).__qualname__}>"
-        self._owns_stream = is_path(f)
-        self._stream = builtins.open(f, "rb") if is_path(f) else f
+        self._stream, self._owns_stream = open_input(f, storage_options)
         try:
-            if not self._owns_stream:
-                check_seekable(self._stream)
             here = self._stream.tell()
             magic = self._stream.read(4)
             self._stream.seek(here)

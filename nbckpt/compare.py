@@ -41,6 +41,8 @@ import numpy as np
 from .archive import Archive, Record
 from .numeric import array_module, computable, numeric_kind, to_host, to_scalar
 from .meta import MetaArray
+from .progress import progress_bar
+from .sources import is_url
 from .summary import format_shape, table_html, table_text
 
 __all__ = ["diff", "DiffReport", "RecordDiff", "ValueDiff", "Difference", "array_difference", "CHUNK"]
@@ -152,23 +154,26 @@ class DiffReport:
         return table_html(self.COLUMNS, self.rows(), caption=self.summary())
 
 
-def diff(a: Any, b: Any, *, map_location: Any = "cpu") -> DiffReport:
-    """Compare checkpoints ``a`` and ``b`` (paths, file objects or open :class:`Archive`\\ s).
+def diff(a: Any, b: Any, *, map_location: Any = "cpu", storage_options: dict | None = None,
+         progress: bool | None = False) -> DiffReport:
+    """Compare checkpoints ``a`` and ``b`` (paths, URLs, file objects or open :class:`Archive`\\ s).
 
     Arrays are read one at a time onto ``map_location`` (by default the host;
-    ``"cuda:0"`` compares on a GPU) with the safe loader. See the module doc for
-    how values are compared.
+    ``"cuda:0"`` compares on a GPU) with the safe loader. ``storage_options``
+    go to fsspec for whichever of ``a`` and ``b`` is a URL. ``progress`` shows a
+    progress bar over the bytes compared (``None``: only when there are many).
+    See the module doc for how values are compared.
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO(); nbckpt.save({"w": np.arange(3)}, buf)
         >>> nbckpt.diff(io.BytesIO(buf.getvalue()), io.BytesIO(buf.getvalue())).identical
         True
     """
-    archive_a, close_a = _as_archive(a, map_location)
+    archive_a, close_a = _as_archive(a, map_location, storage_options)
     try:
-        archive_b, close_b = _as_archive(b, map_location)
+        archive_b, close_b = _as_archive(b, map_location, storage_options)
         try:
-            return _diff_archives(archive_a, archive_b)
+            return _diff_archives(archive_a, archive_b, progress)
         finally:
             if close_b:
                 archive_b.close()
@@ -177,32 +182,20 @@ def diff(a: Any, b: Any, *, map_location: Any = "cpu") -> DiffReport:
             archive_a.close()
 
 
-def _as_archive(f: Any, map_location: Any) -> tuple[Archive, bool]:
+def _as_archive(f: Any, map_location: Any, storage_options: dict | None) -> tuple[Archive, bool]:
     if isinstance(f, Archive):
         return f, False
-    return Archive(f, map_location=map_location), True
+    return Archive(f, map_location=map_location, storage_options=storage_options if is_url(f) else None), True
 
 
-def _diff_archives(a: Archive, b: Archive) -> DiffReport:
+def _diff_archives(a: Archive, b: Archive, progress: bool | None = False) -> DiffReport:
     report = DiffReport(a.source, b.source)
     names_b = {r.name for r in b.records}
-    seen: set[str] = set()
-    for record_a in a.records:
-        if record_a.name in seen:
-            continue
-        seen.add(record_a.name)
-        if record_a.name not in names_b:
-            report.records.append(RecordDiff(record_a.name, "only in A", record_a, None))
-            continue
-        found = _diff_record(a, b, record_a, b.record(record_a.name))
-        if found is None:
-            report.equal_records += 1
-        else:
-            report.records.append(found)
-    for record_b in b.records:
-        if record_b.name not in seen:
-            seen.add(record_b.name)
-            report.records.append(RecordDiff(record_b.name, "only in B", None, record_b))
+    bar = progress_bar(sum(r.nbytes for r in a.records if r.name in names_b), "comparing", progress)
+    try:
+        _diff_records(a, b, names_b, report, bar)
+    finally:
+        bar.close()
     for name, value in a.values.items():
         if name not in b.values:
             report.values.append(ValueDiff(name, "only in A", a=value))
@@ -213,6 +206,27 @@ def _diff_archives(a: Archive, b: Archive) -> DiffReport:
     report.values += [ValueDiff(name, "only in B", b=value) for name, value in b.values.items()
                       if name not in a.values]
     return report
+
+
+def _diff_records(a: Archive, b: Archive, names_b: set[str], report: DiffReport, bar: Any) -> None:
+    seen: set[str] = set()
+    for record_a in a.records:
+        if record_a.name in seen:
+            continue
+        seen.add(record_a.name)
+        if record_a.name not in names_b:
+            report.records.append(RecordDiff(record_a.name, "only in A", record_a, None))
+            continue
+        found = _diff_record(a, b, record_a, b.record(record_a.name))
+        bar.update(record_a.nbytes)
+        if found is None:
+            report.equal_records += 1
+        else:
+            report.records.append(found)
+    for record_b in b.records:
+        if record_b.name not in seen:
+            seen.add(record_b.name)
+            report.records.append(RecordDiff(record_b.name, "only in B", None, record_b))
 
 
 def _diff_record(a: Archive, b: Archive, ra: Record, rb: Record) -> RecordDiff | None:

@@ -1,4 +1,8 @@
-"""Where checkpoints come from and go to: paths, file objects, atomic writes.
+"""Where checkpoints come from and go to: paths, URLs, file objects, atomic writes.
+
+A ``str`` that starts with a protocol (``s3://``, ``https://``...) is a URL,
+opened through fsspec (:mod:`nbckpt.remote`) with the ``storage_options``
+given; every other ``str`` or ``os.PathLike`` is a local path.
 
 Saving to a path is atomic: the bytes go to a temporary file in the same
 folder, which is flushed, fsynced and then renamed over the target
@@ -24,7 +28,12 @@ import tempfile
 import threading
 from typing import IO, Any, Iterator
 
-__all__ = ["is_path", "archive_prefix", "atomic_write", "open_source", "check_writable", "check_seekable"]
+from . import remote
+from .progress import progress_bar
+from .remote import is_url
+
+__all__ = ["is_path", "is_url", "archive_prefix", "atomic_write", "open_source", "open_input", "check_writable",
+           "check_seekable", "check_storage_options"]
 
 SEEKABLE_HINT = (
     "nbckpt can only load from a file object that is seekable. Read the data into a "
@@ -33,7 +42,17 @@ SEEKABLE_HINT = (
 
 
 def is_path(f: Any) -> bool:
+    """Whether ``f`` names a file (a path or a URL) rather than being a file object."""
     return isinstance(f, (str, os.PathLike))
+
+
+def check_storage_options(f: Any, storage_options: dict | None) -> None:
+    """ValueError when ``storage_options`` is given for something that is not a URL."""
+    if storage_options is not None and not is_url(f):
+        raise ValueError(
+            f"storage_options are for URLs (s3://..., https://...), but f is "
+            f"{os.fsdecode(f) if is_path(f) else 'a ' + type(f).__qualname__}: leave storage_options out"
+        )
 
 
 def archive_prefix(f: Any) -> str:
@@ -48,6 +67,8 @@ def archive_prefix(f: Any) -> str:
     if not is_path(f):
         return "archive"
     text = os.fsdecode(f)
+    if is_url(text):  # the last part of the URL's path, without a query
+        text = text.split("?", 1)[0].split("#", 1)[0]
     if not text.isascii():
         return "archive"
     name = text.replace("\\", "/").rsplit("/", 1)[-1]
@@ -63,8 +84,22 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """A binary file that replaces ``path`` only when the block completes."""
+def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None,
+                 progress: bool | None = False) -> Iterator[IO[bytes]]:
+    """A binary file that replaces ``path`` only when the block completes.
+
+    A URL is written to a local temporary file that is uploaded when the block
+    completes (see :mod:`nbckpt.remote`; ``progress`` as in :func:`nbckpt.save`
+    for the upload); ``file://`` URLs are local paths.
+    """
+    check_storage_options(path, storage_options)
+    if is_url(path):
+        fs, target = remote.filesystem(path, storage_options)
+        if not remote.is_local(fs):
+            with remote.upload(fs, target, progress=lambda total: progress_bar(total, "uploading", progress)) as f:
+                yield f
+            return
+        path = target
     # Write through a symlink (a "latest.pt" link keeps pointing at the new data).
     path = os.path.realpath(os.fspath(path)) if os.path.islink(path) else os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -169,8 +204,13 @@ def check_writable(f: Any) -> Any:
 
 
 @contextlib.contextmanager
-def open_source(f: Any) -> Iterator[tuple[IO[bytes], str | None]]:
-    """``(stream, path)`` for a path or a seekable binary file object."""
+def open_source(f: Any, storage_options: dict | None = None) -> Iterator[tuple[IO[bytes], str | None]]:
+    """``(stream, name)`` for a path, a URL or a seekable binary file object (name None)."""
+    check_storage_options(f, storage_options)
+    if is_url(f):
+        with remote.open_url(f, storage_options) as stream:
+            yield stream, f
+        return
     if is_path(f):
         path = os.fspath(f)
         with open(path, "rb") as stream:
@@ -183,6 +223,23 @@ def open_source(f: Any) -> Iterator[tuple[IO[bytes], str | None]]:
         )
     check_seekable(f)
     yield f, None
+
+
+def open_input(f: Any, storage_options: dict | None = None) -> tuple[IO[bytes], bool]:
+    """``(stream, owned)``: a path or URL opened for reading (``owned``: the caller closes
+    it), or the seekable file object ``f`` itself."""
+    check_storage_options(f, storage_options)
+    if is_url(f):
+        return remote.open_range_file(f, storage_options), True
+    if is_path(f):
+        return open(f, "rb"), True
+    if not callable(getattr(f, "read", None)):
+        raise AttributeError(
+            f"expected f to be a path, a URL or a binary file object with a 'read' method, got "
+            f"{type(f).__module__}.{type(f).__qualname__}"
+        )
+    check_seekable(f)
+    return f, False
 
 
 def check_seekable(f: Any) -> None:

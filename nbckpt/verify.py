@@ -31,6 +31,7 @@ from .format import legacy as legacy_format
 from .format import spec
 from .format.checkpoint import open_zip_checkpoint
 from .format.container import ZipReader
+from .progress import progress_bar
 from .sources import open_source
 
 __all__ = ["Problem", "VerifyReport", "verify"]
@@ -77,19 +78,23 @@ class VerifyReport:
                 f"{self.records_checked} records checked: <b>{status}</b><ul>{items}{notes}</ul>")
 
 
-def verify(f: Any) -> VerifyReport:
-    """Check the checkpoint at ``f`` (path or seekable file object); see the module doc."""
+def verify(f: Any, *, storage_options: dict | None = None, progress: bool | None = None) -> VerifyReport:
+    """Check the checkpoint at ``f`` (path, URL or seekable file object); see the module doc.
+
+    ``storage_options`` go to fsspec for URLs. ``progress`` shows a progress bar
+    while the records' CRC-32s are computed (``None``: only for large files).
+    """
     from . import archive, legacy_loader  # the loaders sit above this module's imports
 
     source = str(f) if not hasattr(f, "read") else f"<{type(f).__qualname__}>"
     report = VerifyReport(source)
-    with open_source(f) as (stream, _path):
+    with open_source(f, storage_options) as (stream, _path):
         start = stream.tell()
         magic = stream.read(4)
         stream.seek(start)
         if magic == spec.LOCAL_MAGIC:
             report.format = "zip"
-            _verify_zip(stream, report, archive)
+            _verify_zip(stream, report, archive, progress)
         elif legacy_format.is_tar(stream):
             report.format = "legacy tar"
             _verify_legacy(lambda: legacy_loader.load_tar(stream, DeviceMap.parse("cpu"),
@@ -101,7 +106,7 @@ def verify(f: Any) -> VerifyReport:
     return report
 
 
-def _verify_zip(stream, report: VerifyReport, archive_module: Any) -> None:
+def _verify_zip(stream, report: VerifyReport, archive_module: Any, progress: bool | None = False) -> None:
     start = stream.tell()
     try:
         reader = ZipReader(stream)  # the zip structure first: every CRC is checked even if
@@ -109,13 +114,23 @@ def _verify_zip(stream, report: VerifyReport, archive_module: Any) -> None:
         report.problems.append(Problem(getattr(err, "record", None) or "archive", str(err)))
         return
     unchecked = []
+    bar = progress_bar(sum(reader.entry(name).size for name in reader.names()), "verifying", progress)
+    try:
+        crcs = {}
+        for name in reader.names():
+            try:
+                crcs[name] = reader.crc32(name)
+            except CheckpointError as err:
+                crcs[name] = err
+            bar.update(reader.entry(name).size)
+    finally:
+        bar.close()
     for name in reader.names():
         report.records_checked += 1
         entry = reader.entry(name)
-        try:
-            crc = reader.crc32(name)
-        except CheckpointError as err:
-            report.problems.append(Problem(name, str(err)))
+        crc = crcs[name]
+        if isinstance(crc, CheckpointError):
+            report.problems.append(Problem(name, str(crc)))
             continue
         if entry.crc32 == 0 and entry.size:
             unchecked.append(name)

@@ -664,8 +664,8 @@ def test_write_error_leaves_old_file(old_checkpoint, tmp_path_factory, monkeypat
         seen["target"] = path.read_bytes()
 
     @contextlib.contextmanager
-    def failing_atomic_write(target):
-        with real_atomic_write(target) as handle:
+    def failing_atomic_write(target, **options):
+        with real_atomic_write(target, **options) as handle:
             yield _FailingWriter(handle, limit, error, on_fail)
 
     monkeypatch.setattr(nbckpt.api, "atomic_write", failing_atomic_write)

@@ -61,11 +61,11 @@ def cache_state(path: str | os.PathLike, fingerprint: str, names: Sequence[str])
     Reads the file's directory and pickle only. A file nbckpt cannot read is
     ``"foreign"``.
     """
-    if not os.path.exists(path):
-        return CacheState("missing")
     try:
         with Archive(path) as archive:
             header = archive.values.get(CACHE_KEY)
+    except FileNotFoundError:  # a path or a URL: the same answer
+        return CacheState("missing")
     except CheckpointError as err:
         return CacheState("foreign", f"nbckpt cannot read it: {err}")
     if not (isinstance(header, dict) and isinstance(header.get("cell_sha256"), str)):

@@ -34,6 +34,7 @@ from ..archive import open as open_archive
 from ..compare import diff
 from ..devices import canonical_tag, devices
 from ..errors import DeviceError, FormatError, UnpicklingError
+from ..remote import is_url
 from ..summary import RECORD_COLUMNS, format_bytes, record_rows, table_html, table_text
 from . import cache, namespace, pictures, stats, views
 
@@ -52,7 +53,8 @@ SUBCOMMANDS = {
     "cache": "ckpt_cache",
 }
 
-_PATH_HELP = "checkpoint file (a leading ~ is expanded; quote paths that contain spaces)"
+_PATH_HELP = ("checkpoint file (a leading ~ is expanded; quote paths that contain spaces), or a URL such as "
+              "s3://bucket/model.pt or https://host/model.pt (through fsspec)")
 _ZIP_ONLY = ("ls, info, show, browse and diff read zip checkpoints (what torch >= 1.6 writes); a file in torch's "
              "legacy format loads with %ckpt load")
 _MAP_CHOICES = ("cpu, cuda, cuda:N, auto (the saved device when usable, else cpu), or SOURCE=TARGET pairs "
@@ -83,7 +85,8 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 
 
 def _expand(path: str) -> str:
-    return os.path.expanduser(path)
+    """A leading ``~`` expanded; URLs stay as they are."""
+    return path if is_url(path) else os.path.expanduser(path)
 
 
 def _quote(path: str) -> str:
@@ -102,9 +105,10 @@ def _user_errors(*, subject: str = "the file", unpickling: str = "", device: str
         raise UsageError(f"{err.filename2 or err.filename} is a folder: give the path of a checkpoint "
                          f"file.") from err
     except FileNotFoundError as err:
-        if err.filename is None:  # nbckpt's own message (a folder that does not exist)
+        if err.filename is None and err.strerror:  # nbckpt's own message (a folder that does not exist)
             raise UsageError(f"{err.strerror}.") from err
-        raise UsageError(f"no such file: {err.filename}. Check the path (a leading ~ is expanded; "
+        missing = err.filename or (err.args[0] if err.args else "the file")  # fsspec: the URL alone
+        raise UsageError(f"no such file: {missing}. Check the path (a leading ~ is expanded; "
                          f"put paths that contain spaces in quotes).") from err
     except PermissionError as err:
         raise UsageError(f"permission denied: {err.filename or err}. Check the file's permissions, or "
@@ -116,6 +120,8 @@ def _user_errors(*, subject: str = "the file", unpickling: str = "", device: str
     except FormatError as err:
         raise UsageError(f"{subject} is not a checkpoint nbckpt can read: {err}{format_hint}") from err
     except OSError as err:
+        raise UsageError(f"{err}") from err
+    except ImportError as err:  # a URL without fsspec or the protocol's package: the message says what to install
         raise UsageError(f"{err}") from err
 
 
