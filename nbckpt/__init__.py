@@ -11,9 +11,10 @@
 from .api import load, save, scan
 from .archive import Archive, ArchiveInfo, Record, open
 from .compare import DiffReport, diff
+from .convert import ConversionReport, convert
 from .config import LoadEndianness, get_default_load_endianness, set_default_load_endianness
 from .devices import devices
-from .errors import CheckpointError, DeviceError, FormatError, UnpicklingError
+from .errors import CheckpointError, DeviceError, FormatError, LossyConversionError, UnpicklingError
 from .format.dtypes import complex32
 from .jupyter import load_ipython_extension
 from .meta import MetaArray
@@ -34,6 +35,8 @@ __all__ = [
     "verify",
     "diff",
     "DiffReport",
+    "convert",
+    "ConversionReport",
     "VerifyReport",
     "Problem",
     "Archive",
@@ -54,6 +57,7 @@ __all__ = [
     "FormatError",
     "UnpicklingError",
     "DeviceError",
+    "LossyConversionError",
     "load_ipython_extension",
 ]
 

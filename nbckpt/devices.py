@@ -26,7 +26,11 @@ from typing import Any, Callable
 
 from .errors import DeviceError
 
-__all__ = ["DeviceMap", "parse_tag", "devices", "canonical_tag"]
+__all__ = ["DeviceMap", "parse_tag", "devices", "canonical_tag", "parse_map_text", "MAP_TEXT_CHOICES"]
+
+#: What :func:`parse_map_text` accepts, for help and error messages.
+MAP_TEXT_CHOICES = ("cpu, cuda, cuda:N, auto (the saved device when usable, else cpu), or SOURCE=TARGET pairs "
+                    "such as cuda:1=cuda:0,cuda:0=cpu")
 
 _TAG = re.compile(r"^(cpu|cuda|meta)(?::(\d+))?$")
 
@@ -54,6 +58,28 @@ def canonical_tag(tag: str) -> str:
     if kind == "cpu" or index is None:
         return kind
     return f"{kind}:{index}"
+
+
+def parse_map_text(text: str) -> str | dict[str, str]:
+    """A ``map_location`` written as text (command lines, magics): a tag, ``"auto"``, or
+    ``SOURCE=TARGET,SOURCE=TARGET``. ValueError for anything else.
+
+        >>> parse_map_text("cuda:0=cpu, cuda:1=cuda:0"), parse_map_text("auto")
+        ({'cuda:0': 'cpu', 'cuda:1': 'cuda:0'}, 'auto')
+    """
+    try:
+        if "=" in text:
+            mapping = {}
+            for part in text.split(","):
+                source, sep, target = (s.strip() for s in part.partition("="))
+                if not (sep and source and target):
+                    raise ValueError(part)
+                mapping[canonical_tag(source)] = canonical_tag(target)
+            return mapping
+        text = text.strip()
+        return "auto" if text == "auto" else canonical_tag(text)
+    except (DeviceError, ValueError):
+        raise ValueError(f"{text}: not a device or device map. Give {MAP_TEXT_CHOICES}.") from None
 
 
 def devices() -> list[str]:

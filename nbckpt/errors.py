@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pickle
 
-__all__ = ["CheckpointError", "FormatError", "UnpicklingError", "DeviceError"]
+__all__ = ["CheckpointError", "FormatError", "UnpicklingError", "DeviceError", "LossyConversionError"]
 
 
 class CheckpointError(Exception):
@@ -54,3 +54,17 @@ class DeviceError(CheckpointError, RuntimeError):
     def __init__(self, message: str, *, location: str | None = None) -> None:
         super().__init__(message)
         self.location = location
+
+
+class LossyConversionError(CheckpointError, ValueError):
+    """A conversion would lose something the target format cannot hold.
+
+    ``lost`` lists what (one sentence each); ``report`` is the
+    :class:`nbckpt.convert.ConversionReport` of the conversion that was refused.
+    Nothing was written. Pass ``lossy=True`` (``--lossy``) to convert anyway.
+    """
+
+    def __init__(self, message: str, *, lost: list[str], report: object = None) -> None:
+        super().__init__(message)
+        self.lost = lost
+        self.report = report

@@ -246,8 +246,9 @@ def upload(fs: Any, path: str, *, progress: Any = None) -> Iterator[IO[bytes]]:
     store guarantees.
     """
     fd, tmp = tempfile.mkstemp(prefix="nbckpt-upload-", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:  # f.name is the path, for writers that want one
             yield f
         bar = progress(os.path.getsize(tmp)) if progress is not None else None
         try:

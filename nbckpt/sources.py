@@ -32,8 +32,8 @@ from . import remote
 from .progress import progress_bar
 from .remote import is_url
 
-__all__ = ["is_path", "is_url", "archive_prefix", "atomic_write", "open_source", "open_input", "check_writable",
-           "check_seekable", "check_storage_options"]
+__all__ = ["is_path", "is_url", "archive_prefix", "atomic_write", "atomic_path", "open_source", "open_input",
+           "check_writable", "check_seekable", "check_storage_options"]
 
 SEEKABLE_HINT = (
     "nbckpt can only load from a file object that is seekable. Read the data into a "
@@ -122,7 +122,7 @@ def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None
         ) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            behind = SyncBehind(f)
+            behind = SyncBehind(f, name=tmp)
             yield behind
             behind.finish()
             f.flush()
@@ -136,6 +136,26 @@ def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None
     _fsync_folder(folder)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, storage_options: dict | None = None,
+                progress: bool | None = False) -> Iterator[str]:
+    """The path of a temporary file to write (for writers that want a name, not a file
+    object); like :func:`atomic_write`, it replaces ``path`` (or is uploaded to the
+    URL) only when the block completes, and is removed otherwise."""
+    check_storage_options(path, storage_options)
+    if is_url(path):
+        fs, target = remote.filesystem(path, storage_options)
+        if not remote.is_local(fs):
+            with remote.upload(fs, target, progress=lambda total: progress_bar(total, "uploading", progress)) as f:
+                yield f.name
+            return
+        path = target
+    # The same steps as atomic_write, for a file someone else writes by name.
+    with atomic_write(path) as handle:
+        # Written by name (the same file); atomic_write then fsyncs and renames it.
+        yield handle.name
+
+
 class SyncBehind:
     """Writes to ``f``, asking the OS to push what was written to disk as it goes.
 
@@ -145,8 +165,9 @@ class SyncBehind:
     GIL), so durability costs little beyond the write itself.
     """
 
-    def __init__(self, f, every: int = 1 << 28) -> None:
+    def __init__(self, f, every: int = 1 << 28, *, name: str = "") -> None:
         self._f = f
+        self.name = name  # the file's path
         self._every = every
         self._since = 0
         self._thread: threading.Thread | None = None

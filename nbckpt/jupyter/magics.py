@@ -32,7 +32,7 @@ from IPython.display import display
 from ..api import load, save, scan
 from ..archive import open as open_archive
 from ..compare import diff
-from ..devices import canonical_tag, devices
+from ..devices import MAP_TEXT_CHOICES, devices, parse_map_text
 from ..errors import DeviceError, FormatError, UnpicklingError
 from ..remote import is_url
 from ..summary import RECORD_COLUMNS, format_bytes, record_rows, table_html, table_text
@@ -57,8 +57,7 @@ _PATH_HELP = ("checkpoint file (a leading ~ is expanded; quote paths that contai
               "s3://bucket/model.pt or https://host/model.pt (through fsspec)")
 _ZIP_ONLY = ("ls, info, show, browse and diff read zip checkpoints (what torch >= 1.6 writes); a file in torch's "
              "legacy format loads with %ckpt load")
-_MAP_CHOICES = ("cpu, cuda, cuda:N, auto (the saved device when usable, else cpu), or SOURCE=TARGET pairs "
-                "such as cuda:1=cuda:0,cuda:0=cpu")
+_MAP_CHOICES = MAP_TEXT_CHOICES
 _MAP_HELP = "where arrays go: " + _MAP_CHOICES
 
 
@@ -66,17 +65,8 @@ def parse_map_location(text: str) -> str | dict[str, str]:
     """The ``-m`` argument as a ``map_location``: a tag, ``"auto"``, or a dict from
     ``SOURCE=TARGET,SOURCE=TARGET``. Raises UsageError for anything else."""
     try:
-        if "=" in text:
-            mapping = {}
-            for part in text.split(","):
-                source, sep, target = (s.strip() for s in part.partition("="))
-                if not (sep and source and target):
-                    raise ValueError(part)
-                mapping[canonical_tag(source)] = canonical_tag(target)
-            return mapping
-        text = text.strip()
-        return "auto" if text == "auto" else canonical_tag(text)
-    except (DeviceError, ValueError):
+        return parse_map_text(text)
+    except ValueError:
         raise UsageError(f"-m {text}: not a device or device map. Give {_MAP_CHOICES}.") from None
 
 

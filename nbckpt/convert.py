@@ -1,0 +1,464 @@
+"""Convert checkpoints between torch files, safetensors and NumPy ``.npz``: :func:`convert`.
+
+The formats are chosen by the file extensions:
+
+- **torch** (``.pt``, ``.pth``, ``.ckpt``, ``.bin``): any structure nbckpt saves,
+  shared storages kept; ``legacy=True`` writes torch's pre-1.6 format.
+- **safetensors** (``.safetensors``, read and written with the ``safetensors``
+  package): a flat map of names to arrays, no sharing, string metadata. bfloat16
+  and the float8 family are kept (through ``ml_dtypes``); complex128, complex32
+  and torch's raw types are not in the format.
+- **npz** (``.npz``, NumPy's own ``numpy.lib.format`` and ``np.load``): a flat
+  map of names to arrays, no sharing, NumPy dtypes only (no bfloat16 or float8).
+
+A conversion that would lose something says exactly what, and is refused
+(:class:`nbckpt.LossyConversionError`, nothing written) unless ``lossy=True``:
+
+- *nesting*: flat formats hold ``name -> array``; nested dicts, lists and
+  tuples become dotted names (``model.layers.0.weight``);
+- *non-array values* (numbers, strings, configs): npz drops them; safetensors
+  keeps the JSON-exact ones (``None``, ``bool``, ``int``, ``float``, ``str``, and
+  lists and string-keyed dicts of those) as JSON in its ``__metadata__`` under
+  :data:`METADATA_KEY`, from where converting back restores them; the others
+  are dropped;
+- *sharing*: arrays that share memory are written as separate copies
+  (safetensors refuses shared tensors; npz has no sharing);
+- *dtypes* the target lacks are written as their raw bits (unsigned integers of
+  the same size; an extra last axis of bytes for 16-byte items).
+
+Metadata of a safetensors file other than nbckpt's own has no place in a torch
+checkpoint or an npz and counts as lost too, except ``format`` (the framework
+tag writers put there), which only describes the file.
+
+    >>> import os, tempfile, numpy as np, nbckpt
+    >>> folder = tempfile.mkdtemp()
+    >>> nbckpt.save({"w": np.eye(2, dtype=np.float32), "step": 3}, os.path.join(folder, "a.pt"))
+    >>> try:
+    ...     nbckpt.convert(os.path.join(folder, "a.pt"), os.path.join(folder, "a.npz"))
+    ... except nbckpt.LossyConversionError as err:
+    ...     print(err.lost)
+    ['non-array values: step (int) are not written']
+    >>> report = nbckpt.convert(os.path.join(folder, "a.pt"), os.path.join(folder, "a.npz"), lossy=True)
+    >>> report.lost, sorted(np.load(os.path.join(folder, "a.npz")).files)
+    (['non-array values: step (int) are not written'], ['w'])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import ml_dtypes
+import numpy as np
+
+from . import remote
+from .api import load, save
+from .errors import LossyConversionError
+from .format import dtypes as torch_dtypes
+from .meta import MetaArray
+from .sources import atomic_path, atomic_write, check_storage_options, is_url, open_input
+from .summary import format_bytes
+
+__all__ = ["convert", "ConversionReport", "format_of", "FORMATS", "METADATA_KEY"]
+
+#: File extension -> format.
+FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "torch", ".bin": "torch", ".safetensors": "safetensors",
+           ".npz": "npz"}
+
+#: The safetensors ``__metadata__`` entry holding a checkpoint's non-array values, as JSON.
+METADATA_KEY = "nbckpt.values"
+
+#: safetensors metadata that only describes the file (not lost when it is left out).
+_DESCRIPTIVE_METADATA = ("format",)
+
+# safetensors dtype codes <-> NumPy dtypes (safetensors.numpy knows only the plain ones).
+_SAFETENSORS_DTYPES = {
+    "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8), "U16": np.dtype(np.uint16),
+    "I16": np.dtype(np.int16), "U32": np.dtype(np.uint32), "I32": np.dtype(np.int32),
+    "U64": np.dtype(np.uint64), "I64": np.dtype(np.int64), "F16": np.dtype(np.float16),
+    "F32": np.dtype(np.float32), "F64": np.dtype(np.float64), "C64": np.dtype(np.complex64),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz), "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+}
+_SAFETENSORS_WRITES = frozenset(_SAFETENSORS_DTYPES.values())
+_NPZ_WRITES = frozenset(np.dtype(c) for c in "?bBhHiIlLqQefdFD")
+
+_EXAMPLES = 5
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did (or, refused, would have done).
+
+    ``lost`` lists what the target cannot hold, one sentence each (empty for a
+    lossless conversion); ``notes`` what was changed without losing anything.
+    ``written`` is False when the conversion was refused.
+    """
+
+    source: str
+    target: str
+    source_format: str
+    target_format: str
+    arrays: int = 0
+    array_bytes: int = 0
+    lost: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    written: bool = False
+
+    @property
+    def lossless(self) -> bool:
+        return not self.lost
+
+    def summary(self) -> str:
+        """One line: what was converted into what."""
+        verb = "converted" if self.written else "not converted"
+        return (f"{verb}: {self.source} ({self.source_format}) -> {self.target} ({self.target_format}): "
+                f"{self.arrays} arrays, {format_bytes(self.array_bytes)}")
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        lines += [f"  lost: {item}" for item in self.lost]
+        lines += [f"  note: {item}" for item in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {"source": self.source, "target": self.target, "source_format": self.source_format,
+                "target_format": self.target_format, "arrays": self.arrays, "array_bytes": self.array_bytes,
+                "lost": list(self.lost), "notes": list(self.notes), "written": self.written}
+
+
+def format_of(f: Any) -> str:
+    """The format a file's extension names (see :data:`FORMATS`); ValueError if none.
+
+        >>> format_of("runs/model.pth"), format_of("s3://b/m.safetensors?x=1"), format_of("w.npz")
+        ('torch', 'safetensors', 'npz')
+    """
+    name = os.fsdecode(f) if isinstance(f, (str, os.PathLike)) else ""
+    if is_url(name):
+        name = name.split("?", 1)[0].split("#", 1)[0]
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in FORMATS:
+        return FORMATS[suffix]
+    known = ", ".join(FORMATS)
+    raise ValueError(f"cannot tell the format of {name or repr(f)} from its extension {suffix or '(none)'!r}: "
+                     f"use one of {known}")
+
+
+def convert(src: Any, dst: Any, *, lossy: bool = False, legacy: bool = False, weights_only: bool = True,
+            storage_options: dict | None = None, progress: bool | None = None) -> ConversionReport:
+    """Convert the checkpoint ``src`` to ``dst``; formats by extension (see the module doc).
+
+    ``src`` and ``dst`` are paths or URLs (``storage_options`` go to fsspec for
+    URLs). The conversion is checked before anything is written: if it would
+    lose something, :class:`nbckpt.LossyConversionError` says what, unless
+    ``lossy=True``. ``dst`` is written atomically (or uploaded whole).
+    ``legacy=True`` writes a torch target in torch's pre-1.6 format;
+    ``weights_only=False`` loads a torch source with the full unpickler (trusted
+    files only). Returns a :class:`ConversionReport`.
+    """
+    source_format, target_format = format_of(src), format_of(dst)
+    if legacy and target_format != "torch":
+        raise ValueError(f"legacy=True writes torch's pre-1.6 format; the target {dst} is {target_format}")
+    if storage_options is not None and not (is_url(src) or is_url(dst)):
+        check_storage_options(src, storage_options)  # raises: neither is a URL
+    src_options = storage_options if is_url(src) else None
+    dst_options = storage_options if is_url(dst) else None
+    report = ConversionReport(os.fsdecode(src), os.fsdecode(dst), source_format, target_format)
+    tree, metadata = _read(src, source_format, weights_only=weights_only, progress=progress, options=src_options)
+    foreign = {k: v for k, v in metadata.items() if k not in _DESCRIPTIVE_METADATA}
+    if foreign and target_format != "safetensors":
+        report.lost.append(f"safetensors metadata: {_names(list(foreign))} (a {target_format} file has no "
+                           f"place for it)")
+    if target_format == "torch":
+        arrays = _arrays_in(tree)
+        report.arrays, report.array_bytes = len(arrays), sum(a.nbytes for a in arrays)
+        _refuse_if_lossy(report, lossy)
+        save(tree, dst, format="legacy" if legacy else "zip", progress=progress, storage_options=dst_options)
+    else:
+        flat = _flatten(tree, target_format, report)
+        _refuse_if_lossy(report, lossy)
+        if target_format == "safetensors":
+            _write_safetensors(dst, flat.arrays, {**metadata, **flat.metadata}, dst_options)
+        else:
+            _write_npz(dst, flat.arrays, dst_options)
+    report.written = True
+    return report
+
+
+def _refuse_if_lossy(report: ConversionReport, lossy: bool) -> None:
+    if report.lost and not lossy:
+        raise LossyConversionError(
+            f"converting {report.source} to {report.target_format} would lose: {'; '.join(report.lost)}. "
+            f"Pass lossy=True (--lossy) to convert anyway.",
+            lost=list(report.lost), report=report,
+        )
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _read(src: Any, fmt: str, *, weights_only: bool, progress: bool | None,
+          options: dict | None) -> tuple[Any, dict[str, str]]:
+    """``(tree, safetensors metadata other than nbckpt's)`` of the source."""
+    if fmt == "torch":
+        return load(src, "cpu", weights_only=weights_only, progress=progress, storage_options=options), {}
+    if fmt == "npz":
+        stream, owned = open_input(src, options)
+        try:
+            with np.load(stream, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}, {}
+        finally:
+            if owned:
+                stream.close()
+    with _local_copy(src, options) as path:
+        return _read_safetensors(path)
+
+
+@contextlib.contextmanager
+def _local_copy(src: Any, options: dict | None) -> Iterator[str]:
+    """A local path holding ``src`` (a temporary download for URLs: safetensors reads paths)."""
+    if not is_url(src):
+        yield os.fspath(src)
+        return
+    fs, path = remote.filesystem(src, options)
+    if remote.is_local(fs):
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(prefix="nbckpt-download-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        fs.get_file(path, tmp)
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors  # noqa: PLC0415 - optional: only conversions need it
+        import safetensors.numpy  # noqa: F401, PLC0415
+    except ImportError as err:
+        raise ImportError(f"safetensors files are read and written with the safetensors package ({err}): "
+                          f"pip install safetensors") from err
+    return safetensors
+
+
+def _read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    safetensors = _safetensors()
+    with safetensors.safe_open(path, framework="np") as opened:
+        metadata = dict(opened.metadata() or {})
+    with open(path, "rb") as f:
+        tensors = safetensors.deserialize(f.read())
+    tree: dict[str, Any] = {}
+    for name, tensor in tensors:
+        dtype = _SAFETENSORS_DTYPES.get(tensor["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name!r} has safetensors dtype {tensor['dtype']}, which nbckpt "
+                             f"cannot represent in NumPy (known: {', '.join(_SAFETENSORS_DTYPES)})")
+        tree[name] = np.frombuffer(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+    values = metadata.pop(METADATA_KEY, None)
+    if values is not None:
+        try:
+            restored = json.loads(values)
+        except ValueError as err:
+            raise ValueError(f"{path}: the metadata entry {METADATA_KEY!r} is not JSON ({err})") from err
+        if not isinstance(restored, dict):
+            raise ValueError(f"{path}: the metadata entry {METADATA_KEY!r} is not a JSON object")
+        for name, value in restored.items():
+            tree.setdefault(name, value)
+    return tree, metadata
+
+
+# -- flattening ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Flat:
+    arrays: dict[str, np.ndarray]
+    metadata: dict[str, str]
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) else str(key) if isinstance(key, int) else repr(key)
+
+
+def _walk(tree: Any) -> Iterator[tuple[tuple, Any]]:
+    """``(path, leaf)`` for every leaf: arrays, and values that hold no arrays (as a whole)."""
+    stack: list[tuple[tuple, Any]] = [((), tree)]
+    while stack:
+        path, obj = stack.pop()
+        if isinstance(obj, (dict, list, tuple)) and _holds_array(obj):
+            items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
+            stack.extend((path + (k,), v) for k, v in reversed(items))
+        else:
+            yield path, obj
+
+
+def _holds_array(obj: Any, depth: int = 0) -> bool:
+    if isinstance(obj, np.ndarray):
+        return True
+    if depth > 100 or not isinstance(obj, (dict, list, tuple)):
+        return False
+    values = obj.values() if isinstance(obj, dict) else obj
+    return any(_holds_array(v, depth + 1) for v in values)
+
+
+def _arrays_in(tree: Any) -> list[np.ndarray]:
+    return [leaf for _, leaf in _walk(tree) if isinstance(leaf, np.ndarray)]
+
+
+def _flatten(tree: Any, target: str, report: ConversionReport) -> _Flat:
+    arrays: dict[str, np.ndarray] = {}
+    origin: dict[str, tuple] = {}
+    values: dict[str, Any] = {}
+    nested: list[tuple[str, tuple]] = []
+    flat_root = isinstance(tree, dict)
+    for path, leaf in _walk(tree):
+        name = ".".join(_key(k) for k in path) if path else "array"
+        if not path or len(path) > 1 or not isinstance(path[0], str):
+            if isinstance(leaf, np.ndarray):
+                nested.append((name, path))
+        if name in arrays or name in values:
+            raise ValueError(f"two entries of {report.source} would both be named {name!r} in {target} "
+                             f"({origin.get(name, ())!r} and {path!r}); rename one before converting")
+        origin[name] = path
+        if isinstance(leaf, np.ndarray):
+            arrays[name] = leaf
+        else:
+            values[name] = leaf
+    if nested:
+        name, path = nested[0]
+        where = "".join(f"[{k!r}]" for k in path) if path else "the whole checkpoint"
+        kind = "nested containers" if flat_root or path else "a single array"
+        report.lost.append(f"nesting: {len(nested)} arrays in {kind} get dotted names "
+                           f"(e.g. {name} from {where})")
+    metadata = _values(values, target, report)
+    _check_sharing(arrays, target, report)
+    written = {name: _writable(name, array, target, report) for name, array in arrays.items()}
+    report.arrays, report.array_bytes = len(written), sum(a.nbytes for a in written.values())
+    return _Flat(written, metadata)
+
+
+def _json_exact(value: Any, depth: int = 0) -> bool:
+    """Whether JSON gives back exactly ``value`` (type included)."""
+    if depth > 50:
+        return False
+    if value is None or type(value) in (bool, int, float, str):
+        return True
+    if type(value) is list:
+        return all(_json_exact(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _json_exact(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, MetaArray):
+        return "meta tensor"
+    return type(value).__module__ + "." + type(value).__qualname__ if type(value).__module__ not in (
+        "builtins", "collections") else type(value).__qualname__
+
+
+def _values(values: dict[str, Any], target: str, report: ConversionReport) -> dict[str, str]:
+    if target == "safetensors":
+        kept = {name: value for name, value in values.items() if _json_exact(value)}
+        dropped = [name for name in values if name not in kept]
+        if kept:
+            report.notes.append(f"non-array values {_names(list(kept))} kept as JSON in the safetensors "
+                                f"metadata entry {METADATA_KEY!r}")
+    else:
+        kept, dropped = {}, list(values)
+    if dropped:
+        shown = _names([f"{name or '(root)'} ({_describe(values[name])})" for name in dropped])
+        report.lost.append(f"non-array values: {shown} are not written")
+    return {METADATA_KEY: json.dumps(kept)} if kept else {}
+
+
+def _owner(array: np.ndarray) -> int:
+    base = array
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return id(base.base) if base.base is not None else id(base)
+
+
+def _check_sharing(arrays: dict[str, np.ndarray], target: str, report: ConversionReport) -> None:
+    by_owner: dict[int, list[str]] = {}
+    for name, array in arrays.items():
+        if array.size:
+            by_owner.setdefault(_owner(array), []).append(name)
+    groups = []
+    for names in by_owner.values():
+        if len(names) < 2:
+            continue
+        # connected groups of arrays whose bytes overlap
+        remaining = list(names)
+        while remaining:
+            group = [remaining.pop(0)]
+            grew = True
+            while grew:
+                grew = False
+                for other in list(remaining):
+                    if any(np.may_share_memory(arrays[other], arrays[g]) for g in group):
+                        group.append(other)
+                        remaining.remove(other)
+                        grew = True
+            if len(group) > 1:
+                groups.append(group)
+    if groups:
+        why = "safetensors refuses shared tensors" if target == "safetensors" else "npz has no sharing"
+        shown = _names([" and ".join(group) for group in groups])
+        report.lost.append(f"sharing: {shown} share memory; written as separate copies ({why})")
+
+
+def _writable(name: str, array: np.ndarray, target: str, report: ConversionReport) -> np.ndarray:
+    dtype = array.dtype
+    supported = _SAFETENSORS_WRITES if target == "safetensors" else _NPZ_WRITES
+    if dtype.metadata is None and dtype.isnative and dtype in supported:
+        return np.ascontiguousarray(array)
+    torch = torch_dtypes.for_numpy(dtype)
+    label = torch.name if torch is not None else str(dtype)
+    raw = _raw_bits(np.ascontiguousarray(array))
+    extra = f", with an extra last axis of {dtype.itemsize} bytes" if raw.ndim != array.ndim else ""
+    report.lost.append(f"dtype: {name} is {label}, which {target} lacks; written as its raw bits ({raw.dtype}{extra})")
+    return raw
+
+
+def _raw_bits(array: np.ndarray) -> np.ndarray:
+    size = array.dtype.itemsize
+    if size in (1, 2, 4, 8):
+        return array.view(np.dtype(f"<u{size}") if size > 1 else np.uint8)
+    return array.view(np.uint8).reshape(array.shape + (size,))
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_EXAMPLES])
+    return shown + (f" and {len(names) - _EXAMPLES} more" if len(names) > _EXAMPLES else "")
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+
+def _write_safetensors(dst: Any, arrays: dict[str, np.ndarray], metadata: dict[str, str],
+                       options: dict | None) -> None:
+    safetensors = _safetensors()
+    with atomic_path(dst, storage_options=options) as path:
+        safetensors.numpy.save_file(arrays, path, metadata=metadata or None)
+
+
+def _write_npz(dst: Any, arrays: dict[str, np.ndarray], options: dict | None) -> None:
+    # What np.savez writes (one .npy record per array, stored, zip64 allowed), without its
+    # keyword-argument names: entries may be called "file" or "allow_pickle".
+    with atomic_write(dst, storage_options=options) as handle:
+        with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                with archive.open(name + ".npy", mode="w", force_zip64=array.nbytes >= (1 << 31)) as record:
+                    np.lib.format.write_array(record, array, allow_pickle=False)
+
