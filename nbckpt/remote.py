@@ -168,7 +168,9 @@ class RangeFile(io.RawIOBase):
             at = self._pos - start
             view[:n] = block[at : at + n]
         else:
-            done = 0
+            # The start may be in a block already fetched (an array's first bytes come with the
+            # block read for its local header): copy those, fetch only the rest.
+            done = self._from_blocks(self._pos, view[:n])
             while done < n:
                 step = min(CHUNK, n - done)
                 data = self._fetch(self._pos + done, step)
@@ -176,6 +178,15 @@ class RangeFile(io.RawIOBase):
                 done += step
         self._pos += n
         return n
+
+    def _from_blocks(self, pos: int, view: memoryview) -> int:
+        """Copy the bytes at ``pos`` that a kept block holds into ``view``; how many."""
+        for start, block in self._blocks.items():
+            if start <= pos < start + len(block):
+                n = min(view.nbytes, start + len(block) - pos)
+                view[:n] = block[pos - start : pos - start + n]
+                return n
+        return 0
 
     def _block_for(self, pos: int, n: int) -> tuple[int, bytes]:
         for start, block in self._blocks.items():
