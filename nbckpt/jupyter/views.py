@@ -34,7 +34,7 @@ def describe_value(value: Any, limit: int = 60) -> str:
         text = f"{type(value).__name__} {format_shape(value.shape)} {value.dtype}"
         return text if type(value).__module__.startswith(("scipy", "cupyx")) else f"{text}, {device_of(value)}"
     if isinstance(value, (dict, list, tuple, set, frozenset)):
-        return f"{type(value).__name__} of {len(value)} entries"
+        return f"{type(value).__name__} of {len(value)} {'entry' if len(value) == 1 else 'entries'}"
     text = repr(value)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
