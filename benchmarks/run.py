@@ -90,8 +90,9 @@ def measure(scenarios, libs, runs: int, quick: bool, workdir: Path, cold: bool) 
                 rows.append(row)
                 print(f"  {scenario_name:12s} {lib:12s} {op:10s} "
                       + (f"{row['median_s']:.4f} s" if times else f"-- ({skipped})"), flush=True)
-            if os.path.exists(path):
-                os.remove(path)
+            for leftover in (path, path + ".sizes.json"):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
     return rows
 
 
