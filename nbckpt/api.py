@@ -19,7 +19,7 @@ from .pickling.rebuild import Rebuilder
 from .pickling.run import run_unpickler
 from .pickling.scan import GlobalRef, scan_pickle
 from .pickling.writer import CheckpointPickler, SavePlan
-from .progress import progress_bar
+from .progress import SILENT, progress_bar
 from .sources import archive_prefix, atomic_write, check_storage_options, check_writable, is_path, is_url, open_source
 
 __all__ = ["save", "load", "scan"]
@@ -149,7 +149,8 @@ def load(
                     # Our own file handle may read small records with their headers in one
                     # go; a caller's file object gets exact readinto() calls.
                     source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data, verify=verify,
-                                       on_read=bar.update, read_ahead=_path is not None)
+                                       on_read=None if bar is SILENT else bar.update,
+                                       read_ahead=_path is not None)
                     materializer = ZipMaterializer(source, device_map, byteorder=checkpoint.byteorder,
                                                    skip_data=skip_data)
                     result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,

@@ -61,14 +61,14 @@ class ZipSource:
 
     def size(self, key: str) -> int:
         """The record's size in bytes (FormatError when it is missing)."""
-        return self._reader.entry(f"data/{key}").size
+        return self._reader.entry("data/" + key).size
 
     def can_map(self, key: str) -> bool:
         return self._mapped is not None and self._reader.entry(f"data/{key}").method == spec.METHOD_STORED
 
     def host_bytes(self, key: str, nbytes: int, backend: Any, *, mapped_ok: bool) -> np.ndarray:
         """The record's bytes in host memory: mapped in place, or read into a fresh buffer."""
-        name = f"data/{key}"
+        name = "data/" + key
         if self._mapped is not None and mapped_ok and self.can_map(key):
             offset = self._reader.data_offset(name)
             mapped = np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
@@ -143,7 +143,8 @@ class ZipMaterializer:
             if not self._skip_data:
                 swap_bytes(_flat_bytes(storage), _swap_unit(dtype))
         backend = self._backends[id(storage)]
-        self._note_raw(backend, dtype)
+        if backend is not HOST:
+            self._note_raw(backend, dtype)
         return backend.view(storage, dtype, offset, shape, strides)
 
     def empty(self, storage: Any, dtype: np.dtype, shape: tuple[int, ...]) -> Any:

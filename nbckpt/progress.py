@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["progress_bar", "AUTO_THRESHOLD"]
+__all__ = ["progress_bar", "AUTO_THRESHOLD", "SILENT"]
 
 #: Below this many bytes a save or load takes well under a second: no bar.
 AUTO_THRESHOLD = 256 << 20
@@ -26,14 +26,18 @@ class _NoBar:
         pass
 
 
+#: The stand-in returned when no bar is shown (callers may skip updating it).
+SILENT = _NoBar()
+
+
 def progress_bar(total: int, description: str, enabled: bool | None) -> Any:
     """A bar counting ``total`` bytes (``update(n)``, ``close()``), or a silent stand-in."""
     if enabled is False or (enabled is None and total < AUTO_THRESHOLD):
-        return _NoBar()
+        return SILENT
     try:
         from tqdm.auto import tqdm
     except ImportError:
         if enabled:
             raise ImportError("progress=True needs tqdm: pip install tqdm") from None
-        return _NoBar()
+        return SILENT
     return tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False)

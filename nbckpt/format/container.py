@@ -238,6 +238,7 @@ class Entry:
     crc32: int
     method: int
     flags: int
+    name_length: int = 0  # of the full name in the archive, in bytes
     data_offset: int | None = None  # filled in when the local header is read
 
 
@@ -483,7 +484,7 @@ class ZipReader:
                     f"of the central directory at {cd_offset}",
                     record=name,
                 )
-            entries[name] = Entry(name, header_offset, csize, usize, crc, method, flags)
+            entries[name] = Entry(name, header_offset, csize, usize, crc, method, flags, name_len)
         self._check_overlaps(entries)
         return entries
 
@@ -625,7 +626,7 @@ class ZipReader:
         it the usual way (which reports any problem).
         """
         start = entry.header_offset  # relative to the archive
-        need = spec.LOCAL_HEADER.size + len(self._full_name(entry)) + _SMALL_EXTRA + entry.size
+        need = spec.LOCAL_HEADER.size + entry.name_length + _SMALL_EXTRA + entry.size
         block, block_start = self._block
         if not (block_start <= start and start + need <= block_start + len(block)):
             size = min(max(need, _BLOCK), self._cd_offset - start)
@@ -642,9 +643,6 @@ class ZipReader:
         entry.data_offset = self.start + block_start + data_at
         view[:] = block[data_at : data_at + entry.size]
         return True
-
-    def _full_name(self, entry: Entry) -> bytes:
-        return f"{self.prefix}/{entry.name}".encode("utf-8") if self.prefix else entry.name.encode("utf-8")
 
     def check_crc(self, name: str, crc: int) -> None:
         """FormatError unless ``crc`` is the CRC-32 the directory records for ``name``.

@@ -339,16 +339,25 @@ class Rebuilder:
     # -- arrays ----------------------------------------------------------------
 
     def _view(self, storage: Any, offset: Any, size: Any, stride: Any, dtype: np.dtype | None) -> Any:
-        storage_dtype, nbytes, key = self.storage_info(storage)
+        # The hot path of every load: called once per array, so checks are inlined.
+        info = self._storage_info.get(id(storage))
+        if info is None or info[0] is not storage:
+            raise FormatError(
+                f"an array must be built on a storage from the file, got {type(storage).__name__}"
+            )
+        _, storage_dtype, nbytes, key = info
         if dtype is None:
             dtype = storage_dtype.numpy
         shape = _int_tuple(size, "array size")
         strides = _int_tuple(stride, "array stride")
         if len(strides) != len(shape):
             raise FormatError(f"array size {shape} and stride {strides} have different lengths")
-        if not _is_int(offset) or offset < 0:
+        if type(offset) is not int:
+            if not _is_int(offset):
+                raise FormatError(f"array offset must be an integer >= 0, got {offset!r}")
+            offset = int(offset)
+        if offset < 0:
             raise FormatError(f"array offset must be an integer >= 0, got {offset!r}")
-        offset = int(offset)
         itemsize = dtype.itemsize
         if 0 in shape:
             _check_empty_shape(shape, itemsize)
@@ -481,18 +490,22 @@ class Rebuilder:
     # -- Python builtins ----------------------------------------------------------
 
     def ordered_dict(self, items: Any = ()) -> collections.OrderedDict:
-        return collections.OrderedDict(_pairs(items, "OrderedDict"))
+        pairs = _pairs(items, "OrderedDict")
+        _check_items([key for key, _ in pairs])
+        return collections.OrderedDict(pairs)
 
     def counter(self, items: Any = ()) -> collections.Counter:
         if isinstance(items, dict):
             items = list(items.items())
-        return collections.Counter(dict(_pairs(items, "Counter")))
+        pairs = _pairs(items, "Counter")
+        _check_items([key for key, _ in pairs])
+        return collections.Counter(dict(pairs))
 
     def make_set(self, items: Any = ()) -> set:
-        return set(_items(items, "set"))
+        return set(_check_items(_items(items, "set")))
 
     def make_frozenset(self, items: Any = ()) -> frozenset:
-        return frozenset(_items(items, "frozenset"))
+        return frozenset(_check_items(_items(items, "frozenset")))
 
     def make_complex(self, real: Any = 0, imag: Any = 0) -> complex:
         if not all(type(v) in (int, float) for v in (real, imag)):
@@ -544,6 +557,35 @@ class Rebuilder:
         if type(data) is not bytes or len(data) != dtype.itemsize:
             raise FormatError(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes of data")
         return np.frombuffer(data, dtype=dtype)[0]
+
+
+#: Deepest nesting of tuples/frozensets that may be hashed (a dict key, a set item).
+MAX_HASHED_NESTING = 1000
+
+
+def check_nesting(value: Any) -> None:
+    """FormatError if hashing ``value`` would recurse more than :data:`MAX_HASHED_NESTING` deep.
+
+    CPython hashes a tuple by hashing its items, recursively and in C without a
+    stack check: a pickle of 300,000 nested tuples used as a dict key would
+    crash the interpreter. The walk is iterative and stops at the limit.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_HASHED_NESTING:
+            raise FormatError(f"a key nests tuples more than {MAX_HASHED_NESTING} levels deep",
+                              record="data.pkl")
+        for inner in item:
+            if type(inner) is tuple or type(inner) is frozenset:
+                stack.append((inner, depth + 1))
+
+
+def _check_items(items: list) -> list:
+    for item in items:
+        if type(item) is tuple or type(item) is frozenset:
+            check_nesting(item)
+    return items
 
 
 def canonical_name(module: str, name: str) -> str:

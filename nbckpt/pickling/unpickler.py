@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import CheckpointError, FormatError, UnpicklingError
 from . import allowlist
-from .rebuild import PendingObject, Rebuilder, canonical_name
+from .rebuild import PendingObject, Rebuilder, canonical_name, check_nesting
 
 __all__ = ["SafeUnpickler", "FullUnpickler", "MAX_NESTING"]
 
@@ -70,7 +70,10 @@ for _code, _name in ((b"I", "INT"), (b"L", "LONG"), (b"F", "FLOAT"), (b"S", "STR
     _REFUSED[_code[0]] = (_name, "belongs to the text pickle protocol 0, which torch never writes")
 
 _DICT_TYPES = (dict, collections.OrderedDict, collections.Counter)
-_HASHED_NESTING = frozenset({tuple, frozenset})  # containers whose hash recurses into items
+# Containers whose hash recurses into their items, in C and without a stack check:
+# hashing a pickle's 300,000 nested tuples would crash the interpreter, so their
+# depth is checked (check_nesting) wherever the machine hashes a value.
+_HASHED_NESTING = frozenset({tuple, frozenset})
 
 
 class SafeUnpickler:
@@ -248,24 +251,6 @@ class SafeUnpickler:
         callables = self._rebuilder.callables
         user_callables = self._user_callables
         persistent_load = self._persistent_load
-        # Depth of nested tuples/frozensets: hashing one recurses in C without a
-        # stack check, so a pickle of 300,000 nested tuples used as a dict key
-        # would crash the interpreter. Only nested ones are recorded.
-        depths: dict[int, tuple[Any, int]] = {}
-
-        def depth_of(container: Any) -> None:
-            deepest = 0
-            for item in container:
-                if type(item) in _HASHED_NESTING:
-                    known = depths.get(id(item))
-                    inner = known[1] if known is not None and known[0] is item else 1
-                    if inner > deepest:
-                        deepest = inner
-            if deepest:
-                if deepest + 1 > MAX_NESTING:
-                    raise FormatError(f"tuples nest more than {MAX_NESTING} levels deep", record="data.pkl")
-                depths[id(container)] = (container, deepest + 1)
-
         try:
             while True:
                 op = data[pos]
@@ -309,20 +294,12 @@ class SafeUnpickler:
                     k = marks.pop()
                     items = tuple(stack[k:])
                     del stack[k:]
-                    if _HASHED_NESTING & {type(v) for v in items}:
-                        depth_of(items)
                     append(items)
                 elif op == _TUPLE1:
-                    items = (stack[-1],)
-                    if type(items[0]) in _HASHED_NESTING:
-                        depth_of(items)
-                    stack[-1] = items
+                    stack[-1] = (stack[-1],)
                 elif op == _TUPLE2:
                     b = stack.pop()
-                    items = (stack[-1], b)
-                    if type(b) in _HASHED_NESTING or type(items[0]) in _HASHED_NESTING:
-                        depth_of(items)
-                    stack[-1] = items
+                    stack[-1] = (stack[-1], b)
                 elif op == _REDUCE:
                     args = stack.pop()
                     func = stack[-1]
@@ -330,8 +307,6 @@ class SafeUnpickler:
                         result = func(*args)
                         if isinstance(result, PendingObject):
                             unfinished[id(result)] = result
-                        elif type(result) in _HASHED_NESTING:
-                            depth_of(result)
                         stack[-1] = result
                     else:
                         stack[-1] = self._reduce(func, args, pos - 1)  # raises the right error
@@ -356,7 +331,10 @@ class SafeUnpickler:
                     if len(items) % 2:
                         raise self._fail(pos, "SETITEMS needs key/value pairs, got an odd number of items")
                     for i in range(0, len(items), 2):
-                        target[items[i]] = items[i + 1]
+                        key = items[i]
+                        if type(key) in _HASHED_NESTING:
+                            check_nesting(key)
+                        target[key] = items[i + 1]
                 elif op == _LONG_BINGET:
                     value = memo[_unpack_u4(data, pos)[0]]
                     if unfinished and id(value) in unfinished:
@@ -369,10 +347,7 @@ class SafeUnpickler:
                 elif op == _TUPLE3:
                     c = stack.pop()
                     b = stack.pop()
-                    items = (stack[-1], b, c)
-                    if _HASHED_NESTING & {type(v) for v in items}:
-                        depth_of(items)
-                    stack[-1] = items
+                    stack[-1] = (stack[-1], b, c)
                 elif op == _GLOBAL:
                     module = self._line(data, pos, end)
                     pos += len(module) + 1
@@ -400,6 +375,8 @@ class SafeUnpickler:
                     target = stack[-1]
                     if type(target) not in _DICT_TYPES:
                         raise _refuse_target("SETITEM", target, "dict, OrderedDict or Counter", pos - 1)
+                    if type(key) in _HASHED_NESTING:
+                        check_nesting(key)
                     target[key] = value
                 elif op == _APPEND:
                     value = stack.pop()
@@ -491,15 +468,20 @@ class SafeUnpickler:
                     target = stack[-1]
                     if type(target) is not set:
                         raise _refuse_target("ADDITEMS", target, "set", pos - 1)
+                    for item in items:
+                        if type(item) in _HASHED_NESTING:
+                            check_nesting(item)
                     target.update(items)
                 elif op == _FROZENSET:
                     if not marks:
                         raise self._fail(pos, "FROZENSET needs a MARK but there is none")
                     k = marks.pop()
-                    items = frozenset(stack[k:])
+                    items = stack[k:]
                     del stack[k:]
-                    depth_of(items)
-                    append(items)
+                    for item in items:
+                        if type(item) in _HASHED_NESTING:
+                            check_nesting(item)
+                    append(frozenset(items))
                 elif op == _STACK_GLOBAL:
                     name = stack.pop()
                     module = stack.pop()
