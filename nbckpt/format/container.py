@@ -146,20 +146,27 @@ class ZipWriter:
         header = spec.LOCAL_HEADER.pack(
             spec.LOCAL_MAGIC, 0, flags, spec.METHOD_STORED, 0, 0, 0, 0, 0, len(full_name), len(extra)
         )
-        self._emit(header + full_name + extra)
-        if size:
+        if not size:
+            self._emit(header + full_name + extra)
+        elif size <= _SMALL_RECORD and crc32 is not _PENDING:
+            # A small record goes out in one write: header, data and descriptor.
+            self._emit(b"".join((header, full_name, extra, view, self._descriptor(crc32, size, header_offset))))
+        else:
+            self._emit(header + full_name + extra)
             if crc32 is _PENDING:
                 crc32 = self._emit_with_crc(view)
             else:
                 self._emit(view)
-            if size >= spec.ZIP64_LIMIT or header_offset >= spec.ZIP64_LIMIT:
-                descriptor = spec.DESCRIPTOR_MAGIC + crc32.to_bytes(4, "little") + size.to_bytes(8, "little") * 2
-            else:
-                descriptor = spec.DESCRIPTOR_MAGIC + crc32.to_bytes(4, "little") + size.to_bytes(4, "little") * 2
-            self._emit(descriptor)
+            self._emit(self._descriptor(crc32, size, header_offset))
         self._central.append(self._central_entry(full_name, flags, crc32, size, header_offset))
         self._names.append(full_name)
         self._crcs.append(crc32)
+
+    @staticmethod
+    def _descriptor(crc32: int, size: int, header_offset: int) -> bytes:
+        if size >= spec.ZIP64_LIMIT or header_offset >= spec.ZIP64_LIMIT:
+            return spec.DESCRIPTOR_MAGIC + crc32.to_bytes(4, "little") + size.to_bytes(8, "little") * 2
+        return spec.DESCRIPTOR_MAGIC + crc32.to_bytes(4, "little") + size.to_bytes(4, "little") * 2
 
     def _emit_with_crc(self, view: memoryview) -> int:
         """Write a large buffer while another thread computes its CRC-32.
