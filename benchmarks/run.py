@@ -32,7 +32,7 @@ from .scenarios import SCENARIOS
 from .worker import LIBRARIES
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTENSIONS = {"nbckpt": ".pt", "torch": ".pt", "safetensors": ".safetensors", "numpy": ".npz", "plain": ".bin"}
+EXTENSIONS = {"nbckpt": ".pt", "nbckpt-scratch": ".pt", "torch": ".pt", "safetensors": ".safetensors", "numpy": ".npz", "plain": ".bin"}
 OP_TITLES = {"save": "save", "load": "load", "load_mmap": "load(mmap)", "open_list": "open + list",
              "load_one": "load one record"}
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .scenarios import build, probe_name
 
-LIBRARIES = ("nbckpt", "torch", "safetensors", "numpy", "plain")
+LIBRARIES = ("nbckpt", "nbckpt-scratch", "torch", "safetensors", "numpy", "plain")
 
 
 def rss_bytes() -> int:
@@ -61,6 +61,13 @@ def nbckpt_ops(path: str, probe: str):
         "open_list": lambda _: [r.name for r in nbckpt.open(path).records],
         "load_one": lambda _: nbckpt.open(path)[probe],
     }
+
+
+def nbckpt_scratch_ops(path: str, probe: str):
+    """nbckpt's save without fsync (``durable=False``): what torch.save does."""
+    import nbckpt
+
+    return {"save": lambda data: nbckpt.save(data, path, progress=False, durable=False)}
 
 
 def torch_ops(path: str, probe: str):
@@ -162,7 +169,7 @@ def plain_ops(path: str, probe: str):
     return {"save": save, "load": load}
 
 
-OPS = {"nbckpt": nbckpt_ops, "torch": torch_ops, "safetensors": safetensors_ops, "numpy": numpy_ops,
+OPS = {"nbckpt": nbckpt_ops, "nbckpt-scratch": nbckpt_scratch_ops, "torch": torch_ops, "safetensors": safetensors_ops, "numpy": numpy_ops,
        "plain": plain_ops}
 
 

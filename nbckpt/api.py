@@ -27,7 +27,7 @@ __all__ = ["save", "load", "scan"]
 
 
 def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
-         storage_options: dict | None = None) -> None:
+         storage_options: dict | None = None, durable: bool = True) -> None:
     """Save ``obj`` to ``f`` in torch's checkpoint format (torch.load reads it).
 
     ``f`` is a path (written atomically: a failed save leaves any previous file
@@ -41,6 +41,10 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
     again when loaded. ``format="legacy"`` writes torch's pre-1.6 stream format
     instead of the zip archive (torch still reads it). ``progress`` shows a
     progress bar: ``None`` only for large saves, ``True`` always, ``False`` never.
+    A save to a path is also durable: the file and its folder are fsynced, so
+    the new checkpoint survives a power loss. ``durable=False`` skips that (the
+    save stays atomic against crashes of the process) for scratch files, where
+    speed matters more.
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
@@ -68,7 +72,7 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
             _write_zip(write_to, archive_prefix(f), data_pkl, pickler.storages, bar)
     try:
         if write is None:
-            with atomic_write(f, storage_options=storage_options, progress=progress) as handle:
+            with atomic_write(f, storage_options=storage_options, progress=progress, durable=durable) as handle:
                 emit(handle.write)
             return
         emit(write)

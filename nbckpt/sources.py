@@ -85,12 +85,14 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None,
-                 progress: bool | None = False) -> Iterator[IO[bytes]]:
+                 progress: bool | None = False, durable: bool = True) -> Iterator[IO[bytes]]:
     """A binary file that replaces ``path`` only when the block completes.
 
     A URL is written to a local temporary file that is uploaded when the block
     completes (see :mod:`nbckpt.remote`; ``progress`` as in :func:`nbckpt.save`
-    for the upload); ``file://`` URLs are local paths.
+    for the upload); ``file://`` URLs are local paths. ``durable=False`` skips
+    the fsyncs: the replacement is still atomic for a process that crashes, but
+    not for a machine that loses power before the OS writes the file out.
     """
     check_storage_options(path, storage_options)
     if is_url(path):
@@ -122,18 +124,20 @@ def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None
         ) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            behind = SyncBehind(f, name=tmp)
+            behind = SyncBehind(f, name=tmp, every=SyncBehind.EVERY if durable else None)
             yield behind
             behind.finish()
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(folder)
+    if durable:
+        _fsync_folder(folder)
 
 
 @contextlib.contextmanager
@@ -165,10 +169,12 @@ class SyncBehind:
     GIL), so durability costs little beyond the write itself.
     """
 
-    def __init__(self, f, every: int = 1 << 28, *, name: str = "") -> None:
+    EVERY = 1 << 28  # bytes between background syncs
+
+    def __init__(self, f, every: int | None = EVERY, *, name: str = "") -> None:
         self._f = f
         self.name = name  # the file's path
-        self._every = every
+        self._every = every if every is not None else float("inf")  # None: never sync
         self._since = 0
         self._thread: threading.Thread | None = None
         self._sync = getattr(os, "fdatasync", os.fsync)

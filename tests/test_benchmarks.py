@@ -29,5 +29,5 @@ def test_quick_benchmark_runs_and_checks_values(tmp_path):
         for lib in ("nbckpt", "torch"):
             done_ops = {r["op"] for r in rows if r["scenario"] == name and r["lib"] == lib and r["runs"]}
             assert set(scenario.ops) <= done_ops | {"save"}, (name, lib, done_ops)
-    assert {r["lib"] for r in rows} == {"nbckpt", "torch", "safetensors", "numpy", "plain"}
-    assert "| operation | nbckpt | torch | safetensors | numpy | plain |" in report["table"]
+    assert {r["lib"] for r in rows} == {"nbckpt", "nbckpt-scratch", "torch", "safetensors", "numpy", "plain"}
+    assert "| operation | nbckpt | nbckpt-scratch | torch | safetensors | numpy | plain |" in report["table"]

@@ -174,3 +174,17 @@ def test_two_processes_saving_one_path_leave_one_complete_checkpoint(tmp_path):
     out = nbckpt.load(path, verify=True)
     assert out["who"] in (1, 2) and (out["data"] == out["who"]).all()
     assert os.listdir(tmp_path) == ["shared.pt"]
+
+
+def test_durable_saves_fsync_and_scratch_saves_do_not(tmp_path, monkeypatch):
+    synced = []
+    real = {name: getattr(os, name) for name in ("fsync", "fdatasync")}
+    for name, fn in real.items():
+        monkeypatch.setattr(os, name, lambda fd, fn=fn, name=name: (synced.append(name), fn(fd))[1])
+    nbckpt.save({"a": np.ones(4)}, tmp_path / "durable.pt")
+    assert "fsync" in synced  # the file, then its folder
+    synced.clear()
+    nbckpt.save({"a": np.ones(4)}, tmp_path / "scratch.pt", durable=False)
+    assert synced == []
+    np.testing.assert_array_equal(nbckpt.load(tmp_path / "scratch.pt")["a"], np.ones(4))
+    assert sorted(os.listdir(tmp_path)) == ["durable.pt", "scratch.pt"]
