@@ -123,7 +123,9 @@ def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None
             f"destroys the previous checkpoint)",
         ) from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        # Unbuffered: the zip writer combines small writes itself, and large ones
+        # then go to the kernel without passing through another buffer.
+        with os.fdopen(fd, "wb", buffering=0) as f:
             behind = SyncBehind(f, name=tmp, every=SyncBehind.EVERY if durable else None)
             yield behind
             behind.finish()
@@ -180,8 +182,18 @@ class SyncBehind:
         self._sync = getattr(os, "fdatasync", os.fsync)
 
     def write(self, data) -> int:
-        written = self._f.write(data)
-        self._since += memoryview(data).nbytes
+        # The file is unbuffered: a raw write may take only part of the data (Linux
+        # writes at most 2 GiB at a time), so write until everything is out.
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        written = 0
+        while written < view.nbytes:
+            count = self._f.write(view[written:])
+            if not count:
+                raise OSError(f"write() wrote nothing with {view.nbytes - written} bytes left")
+            written += count
+        self._since += written
         if self._since >= self._every and (self._thread is None or not self._thread.is_alive()):
             self._since = 0
             self._f.flush()
