@@ -60,7 +60,7 @@ def run_worker(lib: str, op: str, scenario: str, path: str, quick: bool, check: 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(scenarios, libs, runs: int, quick: bool, workdir: Path, cold: bool) -> list[dict]:
+def measure(scenarios, libs, runs: int, quick: bool, workdir: Path, cold: bool, only=None) -> list[dict]:
     rows = []
     for scenario_name in scenarios:
         scenario = SCENARIOS[scenario_name]
@@ -72,6 +72,8 @@ def measure(scenarios, libs, runs: int, quick: bool, workdir: Path, cold: bool) 
                 run_worker(lib, "save", scenario_name, path, quick, check=False)
                 ops = scenario.ops
             for op in ops:
+                if only and op not in only:
+                    continue
                 times, growth, skipped = [], [], None
                 for run in range(runs):
                     if cold and op != "save":
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5; 1 with --quick)")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--libs", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
+    parser.add_argument("--ops", nargs="+", default=None, help="only these operations (save, load, ...)")
     parser.add_argument("--workdir", default=None, help="where the files go (default: a temporary folder)")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each load (needs root)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
         print("note: cannot drop the page cache here (needs root); measuring with a warm cache")
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="nbckpt-bench-") as workdir:
         started = time.time()
-        rows = measure(args.scenarios, args.libs, runs, args.quick, Path(workdir), cold)
+        rows = measure(args.scenarios, args.libs, runs, args.quick, Path(workdir), cold, args.ops)
     report = table(rows, args.quick)
     print(report)
     meta = {

@@ -215,6 +215,9 @@ def main(argv=None) -> int:
     argument = None
     if args.op == "save":
         argument = ops.get("prepare_save", lambda d: d)(data)
+    # Let the kernel write out what earlier runs left dirty: otherwise a save is
+    # throttled by the previous run's writeback, and the order of runs decides.
+    os.sync()
     before = rss_bytes()
     start = time.perf_counter()
     result = ops[args.op](argument)
