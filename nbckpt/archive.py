@@ -23,7 +23,7 @@ import mmap as mmap_module
 import os
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from .pickling.rebuild import Rebuilder, transform_covered
 from .pickling.unpickler import FullUnpickler, SafeUnpickler
 from .sources import is_path, open_input
 from .summary import records_html
+
+if TYPE_CHECKING:  # verify imports this module: no import cycle at run time
+    from .verify import VerifyReport
 
 __all__ = ["Archive", "Record", "ArchiveInfo", "open"]
 

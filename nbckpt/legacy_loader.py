@@ -21,7 +21,7 @@ import numpy as np
 
 from .backends import HOST, backend_of
 from .devices import DeviceMap
-from .errors import DeviceError, FormatError, UnpicklingError
+from .errors import DeviceError, FormatError
 from .format import dtypes as torch_dtypes
 from .format import legacy as spec
 from .format.container import readinto_exact

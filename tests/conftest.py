@@ -8,6 +8,13 @@ import numpy as np
 import pytest
 
 import nbckpt
+from nbckpt.format import dtypes as torch_dtypes
+
+# (NumPy dtype, torch dtype name) of every dtype nbckpt saves from NumPy arrays: the
+# torch dtypes whose NumPy form is a plain (or ml_dtypes) dtype, plus complex32.
+SAVEABLE_DTYPES = [
+    (t.numpy, t.name) for t in torch_dtypes.TORCH_DTYPES if t.numpy.metadata is None or t.name == "complex32"
+]
 
 
 class FilelikeMock:

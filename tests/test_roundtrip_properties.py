@@ -28,31 +28,13 @@ from hypothesis import strategies as st
 import nbckpt
 from nbckpt.format import dtypes as torch_dtypes
 
-from conftest import assert_same_array, roundtrip
+from conftest import SAVEABLE_DTYPES, assert_same_array, roundtrip
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 FLOAT8 = [t.name for t in torch_dtypes.TORCH_DTYPES if t.name.startswith("float8") and hasattr(ml_dtypes, t.name)]
 
-# (NumPy dtype, torch dtype name) of every dtype nbckpt saves from NumPy arrays.
-DTYPES = [
-    (np.dtype(np.bool_), "bool"),
-    (np.dtype(np.int8), "int8"),
-    (np.dtype(np.int16), "int16"),
-    (np.dtype(np.int32), "int32"),
-    (np.dtype(np.int64), "int64"),
-    (np.dtype(np.uint8), "uint8"),
-    (np.dtype(np.uint16), "uint16"),
-    (np.dtype(np.uint32), "uint32"),
-    (np.dtype(np.uint64), "uint64"),
-    (np.dtype(np.float16), "float16"),
-    (np.dtype(np.float32), "float32"),
-    (np.dtype(np.float64), "float64"),
-    (np.dtype(np.complex64), "complex64"),
-    (np.dtype(np.complex128), "complex128"),
-    (np.dtype(ml_dtypes.bfloat16), "bfloat16"),
-    (nbckpt.complex32, "complex32"),
-] + [(np.dtype(getattr(ml_dtypes, name)), name) for name in FLOAT8]
+DTYPES = SAVEABLE_DTYPES  # (NumPy dtype, torch dtype name), from conftest
 
 # Dtypes that also exist in big-endian form in NumPy.
 SWAPPABLE = {"int16", "int32", "int64", "uint16", "uint32", "uint64",

@@ -24,33 +24,11 @@ import nbckpt
 from nbckpt.format import dtypes as torch_dtypes
 from nbckpt.pickling.storages import DTYPE_CONFLICT_MESSAGE, StoragePlanner
 
-from conftest import assert_same_array
+from conftest import SAVEABLE_DTYPES, assert_same_array
 
 CONFLICT = "Cannot save multiple arrays or storages that view the same data as different types"
 
-# Every dtype nbckpt saves from plain NumPy (ml_dtypes) arrays, with its torch name.
-DTYPES = [
-    (np.dtype(np.bool_), "bool"),
-    (np.dtype(np.int8), "int8"),
-    (np.dtype(np.int16), "int16"),
-    (np.dtype(np.int32), "int32"),
-    (np.dtype(np.int64), "int64"),
-    (np.dtype(np.uint8), "uint8"),
-    (np.dtype(np.uint16), "uint16"),
-    (np.dtype(np.uint32), "uint32"),
-    (np.dtype(np.uint64), "uint64"),
-    (np.dtype(np.float16), "float16"),
-    (np.dtype(np.float32), "float32"),
-    (np.dtype(np.float64), "float64"),
-    (np.dtype(np.complex64), "complex64"),
-    (np.dtype(np.complex128), "complex128"),
-    (np.dtype(ml_dtypes.bfloat16), "bfloat16"),
-    (nbckpt.complex32, "complex32"),
-] + [
-    (np.dtype(getattr(ml_dtypes, t.name)), t.name)
-    for t in torch_dtypes.TORCH_DTYPES
-    if t.name.startswith("float8") and hasattr(ml_dtypes, t.name)
-]
+DTYPES = SAVEABLE_DTYPES  # (NumPy dtype, torch dtype name), from conftest
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from ..backends import is_cupy_array
 from ..format import dtypes as torch_dtypes
 from ..meta import MetaArray
 from ..sparse import SparseParts, is_sparse, to_torch_parts
-from .storages import PlannedStorage, PlannedView, StoragePlanner
+from .storages import PlannedStorage, StoragePlanner
 
 __all__ = ["SavePlan", "CheckpointPickler", "UNSUPPORTED_HINT"]
 
