@@ -3,7 +3,7 @@
     python -m benchmarks.worker --lib nbckpt --op load --scenario big --path /tmp/x.pt
 
 Only the operation itself is timed. Memory is reported as the peak RSS of the
-process (``ru_maxrss``) and the RSS just before the operation, so that
+process (``VmHWM``) and the RSS just before the operation, so that
 ``peak - before`` is what the operation added (for loads: imports are already
 done, no data exists yet).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
@@ -30,7 +29,12 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent process.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _unique(data: dict) -> dict:

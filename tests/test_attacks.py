@@ -137,13 +137,26 @@ def _worker() -> int:
     for file, mode in jobs:
         print("@@START " + json.dumps([file, mode]), file=out, flush=True)
         result = _run_job(nbckpt, CORPUS / file, mode, signal)
-        result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["maxrss_mb"] = _peak_rss_mb()
         print("@@RESULT " + json.dumps([file, mode, result]), file=out, flush=True)
         if result["maxrss_mb"] >= RSS_LIMIT_MB:
             # The peak cannot be reset: stop, so that the next job gets a fresh worker
             # and its own peak is measured.
             return 3
     return 0
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak resident set (``VmHWM``), in MiB.
+
+    Not ``ru_maxrss``: Linux carries that over exec from the process that forked us,
+    so a worker started by a 1 GB pytest would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _run_job(nbckpt, path: Path, mode: str, signal) -> dict:
