@@ -121,6 +121,53 @@ print(seen, sorted(m for m in sys.modules if m.split(".")[0] in ("cupy", "cupyx"
     assert result.stdout.strip() == "[] []"
 
 
+def test_real_cupy_on_a_machine_without_a_gpu(tmp_path):
+    """The real CuPy package, installed where CUDA finds no device (CI, laptops).
+
+    ``import cupy`` succeeds there and the failure only comes from the CUDA runtime,
+    so this is the path most users without a GPU take; the fake cannot stand in for
+    CuPy's own exceptions. Run in a fresh process so the real module stays out of
+    the other tests' way. On a GPU machine ``test_gpu.py`` covers the rest.
+    """
+    pytest.importorskip("cupy")
+    path = tmp_path / "gpu.pt"
+    path.write_bytes(relocate(_small_checkpoint(), "cuda:0"))
+    code = f"""
+import warnings, nbckpt, cupy
+try:
+    cupy.cuda.runtime.getDeviceCount()
+    print("has a GPU")
+    raise SystemExit
+except cupy.cuda.runtime.CUDARuntimeError:
+    pass
+print(nbckpt.devices())
+try:
+    nbckpt.load({str(path)!r})
+except nbckpt.DeviceError as error:
+    print(isinstance(error, RuntimeError), error)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = nbckpt.load({str(path)!r}, map_location="auto")
+print(type(out["w"]).__module__, [str(w.message) for w in caught])
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    if lines == ["has a GPU"]:
+        pytest.skip("CUDA finds a device here: tests/test_gpu.py covers this machine")
+    assert lines[0] == "['cpu']"
+    assert lines[1].startswith("True the file holds arrays saved on 'cuda:0', but no GPU is usable here")
+    assert "map_location='cpu'" in lines[1]
+    module, warned = lines[2].split(" ", 1)
+    assert module == "numpy" and "cuda:0 -> cpu" in warned, lines[2]
+
+
+def _small_checkpoint() -> bytes:
+    buffer = io.BytesIO()
+    nbckpt.save({"w": np.arange(6, dtype=np.float32)}, buffer)
+    return buffer.getvalue()
+
+
 # --------------------------------------------------------------------------------------
 # Saving CuPy arrays
 
