@@ -87,7 +87,7 @@ nbckpt.save(views, "ckpts/views.pt")
 out = nbckpt.load("ckpts/views.pt")
 {name: np.shares_memory(out["w"], a) for name, a in out.items()}'''),
     code('''out["w"][1, 2] = -1.0
-out["row"], out["w_T"][2, 1]'''),
+out["row"].tolist(), float(out["w_T"][2, 1])'''),
     md("""
 Saving `w[:5]` of a large array stores those 5 rows, not the whole array.
 
@@ -100,7 +100,7 @@ low = {"bf16": np.linspace(-1, 1, 5).astype(ml_dtypes.bfloat16),
        "fp8": np.array([0.5, 1.0, 2.0], dtype=ml_dtypes.float8_e4m3fn),
        "u16": np.arange(3, dtype=np.uint16)}
 nbckpt.save(low, "ckpts/dtypes.pt")
-{k: (v.dtype, v.tolist()) for k, v in nbckpt.load("ckpts/dtypes.pt").items()}'''),
+{k: (str(v.dtype), v.tolist()) for k, v in nbckpt.load("ckpts/dtypes.pt").items()}'''),
     md("""
 ## What is inside the file
 
@@ -116,7 +116,7 @@ storage. The `%ckpt` magics show it without loading any array.
     code('''with nbckpt.open("ckpts/state.pt") as archive:
     print([(r.name, r.shape, str(r.dtype)) for r in archive.records])
     bias = archive["model.layer1.bias"]      # reads only this array's bytes
-bias'''),
+str(bias.dtype), bias.tolist()'''),
     md("""
 Next: [safe loading](02_safe_loading.ipynb) — why a checkpoint can be dangerous, and how nbckpt
 keeps you safe.
@@ -248,16 +248,16 @@ except nbckpt.DeviceError as err:
 ## Every form of `map_location`
 """),
     code('''to_host = nbckpt.load("data/saved_on_gpu.pt", map_location="cpu")    # everything on the host
-to_host["weight"], type(to_host["weight"])'''),
-    code('''nbckpt.load("data/saved_on_gpu.pt", map_location={"cuda:0": "cpu"})["bias"]   # remap listed tags'''),
+to_host["weight"].tolist(), type(to_host["weight"]).__name__'''),
+    code('''nbckpt.load("data/saved_on_gpu.pt", map_location={"cuda:0": "cpu"})["bias"].tolist()   # remap listed tags'''),
     code('''class Device:                     # anything whose str() is a tag works, e.g. torch.device("cpu")
     def __str__(self):
         return "cpu"
 
-nbckpt.load("data/saved_on_gpu.pt", map_location=Device())["weight"].sum()'''),
+float(nbckpt.load("data/saved_on_gpu.pt", map_location=Device())["weight"].sum())'''),
     code('''seen = []
 def place(storage, location):     # called once per storage with a host array and its saved tag
-    seen.append((location, storage.dtype, storage.shape))
+    seen.append((location, str(storage.dtype), storage.shape))
     return storage                # keep it on the host (return a CuPy array to move it)
 
 nbckpt.load("data/saved_on_gpu.pt", map_location=place)
@@ -337,7 +337,7 @@ browser.records.options                              # what the list now shows''
 browser.device.value = "cpu"                         # pick a device
 browser.variable.value = "norm0"                     # and a name
 browser.load_button.click()                          # press Load
-browser.status.value, norm0.dtype, norm0[:4]'''),
+browser.status.value, str(norm0.dtype), norm0[:4].tolist()'''),
     code('''browser'''),
     md("""
 ## Previewing one array
@@ -354,7 +354,7 @@ The statistics are plain functions, usable anywhere:
 """),
     code('''from nbckpt.jupyter.stats import array_stats
 s = array_stats(qkv)
-round(s.mean, 4), round(s.std, 4), s.nan_count, s.sampled'''),
+f"mean {s.mean:.4f}, std {s.std:.4f}, NaNs {s.nan_count}, sampled {s.sampled}"'''),
     md("""
 Next: [round trips with PyTorch](05_pytorch.ipynb).
 """),
@@ -412,9 +412,9 @@ torch before 1.6 wrote another format (still written with `_use_new_zipfile_seri
 nbckpt reads it — safely, with the same allowlist — and can write it too:
 """),
     code('''torch.save({"w": torch.ones(2, 2)}, "ckpts/old.pt", _use_new_zipfile_serialization=False)
-nbckpt.load("ckpts/old.pt")'''),
+{k: v.tolist() for k, v in nbckpt.load("ckpts/old.pt").items()}'''),
     code('''nbckpt.save({"w": np.eye(2, dtype=np.float32)}, "ckpts/for_old_torch.pt", format="legacy")
-torch.load("ckpts/for_old_torch.pt", weights_only=True)'''),
+{k: v.tolist() for k, v in torch.load("ckpts/for_old_torch.pt", weights_only=True).items()}'''),
     md("""
 ## Sparse matrices
 
@@ -425,10 +425,10 @@ does), and scipy sparse arrays save in torch's layouts:
 dense = torch.tensor([[0.0, 1.5, 0.0], [2.0, 0.0, 3.0]])
 torch.save({"csr": dense.to_sparse_csr(), "coo": dense.to_sparse()}, "ckpts/sparse.pt")
 loaded = nbckpt.load("ckpts/sparse.pt")
-type(loaded["csr"]).__name__, loaded["csr"].toarray()'''),
+type(loaded["csr"]).__name__, loaded["csr"].toarray().tolist()'''),
     code('''nbckpt.save({"m": sp.csc_array(np.eye(3))}, "ckpts/from_scipy.pt")
 back = torch.load("ckpts/from_scipy.pt", weights_only=True)["m"]
-back.layout, back.to_dense()'''),
+str(back.layout), str(back.dtype), back.to_dense().tolist()'''),
     md("""
 Next: [caching and comparing runs](06_caching.ipynb).
 """),
@@ -463,7 +463,7 @@ runs += 1
 time.sleep(1)                                    # stands for an expensive computation
 features = rng.standard_normal((1000, 16)).astype(np.float32)
 labels = (features[:, 0] > 0).astype(np.int64)'''),
-    code('''runs, features.shape, labels[:8]'''),
+    code('''runs, features.shape, labels[:8].tolist()'''),
     md("""
 The second cell did not run (`runs` is still 1): it loaded `features` and `labels` from the file.
 

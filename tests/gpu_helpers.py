@@ -19,14 +19,16 @@ import zipfile
 from typing import Callable
 
 import pytest
+import torch
 
 import fakecupy
+import nbckpt
 import nbckpt.backends
 import nbckpt.backends.cupy
 from nbckpt.format.container import ZipWriter
 
 __all__ = ["fake_cupy", "no_cupy", "install_fake_cupy", "clear_cupy_caches", "relocate",
-           "rewrite_checkpoint"]
+           "rewrite_checkpoint", "save_bytes", "load", "torch_bytes"]
 
 
 def clear_cupy_caches() -> None:
@@ -65,7 +67,25 @@ def no_cupy(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------
-# Rewriting checkpoints
+# Checkpoints in memory, and rewriting them
+
+
+def save_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    nbckpt.save(obj, buf)
+    return buf.getvalue()
+
+
+def load(data: bytes, **kwargs):
+    return nbckpt.load(io.BytesIO(data), **kwargs)
+
+
+def torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 
 
 def rewrite_checkpoint(data: bytes, edit: Callable[[str, bytes], bytes]) -> bytes:

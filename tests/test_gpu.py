@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import nbckpt
-from gpu_helpers import clear_cupy_caches, relocate
+from gpu_helpers import clear_cupy_caches, load, relocate, save_bytes, torch_bytes
 
 cupy = pytest.importorskip("cupy")
 
@@ -46,22 +46,6 @@ def _fresh_backends():
     clear_cupy_caches()
     yield
     clear_cupy_caches()
-
-
-def save_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    nbckpt.save(obj, buf)
-    return buf.getvalue()
-
-
-def load(data: bytes, **kwargs):
-    return nbckpt.load(io.BytesIO(data), **kwargs)
-
-
-def torch_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 def gpu_file(w_device: int = 0, b_device: int = 0) -> bytes:

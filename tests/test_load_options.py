@@ -168,7 +168,17 @@ def test_mmap_equals_normal_load(saved_path, mode):
     for key, value in obj.items():
         assert_same_array(out[key], value)
     assert np.shares_memory(out["base"], out["view"])
-    assert isinstance(out["base"].base, np.ndarray) or out["base"].base is not None
+    # Both arrays view the one map of the file, not a copy read from it.
+    assert mapped_file(out["base"]) is mapped_file(out["view"])
+    assert isinstance(mapped_file(out["base"]), mmap.mmap)
+
+
+def mapped_file(array: np.ndarray):
+    """The object at the root of ``array``'s chain of bases (an ``mmap`` for a mapped load)."""
+    root = array
+    while isinstance(root, np.ndarray):
+        root = root.base
+    return root.obj if isinstance(root, memoryview) else root
 
 
 def test_mmap_arrays_are_backed_by_the_file(saved_path):

@@ -369,8 +369,27 @@ def test_heatmap_for_2d_and_higher_only():
 
 
 def test_huge_heatmap_is_downsampled(monkeypatch):
+    """A 1000 x 3000 array is drawn from every 63rd row and 188th column: 16 x 16 values,
+    exactly those entries, on a picture whose size does not depend on the array's."""
+    import matplotlib.axes
+
+    drawn = []
+    imshow = matplotlib.axes.Axes.imshow
+
+    def spy(self, data, *args, **kwargs):
+        drawn.append(np.ma.getdata(data).copy())
+        return imshow(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
     monkeypatch.setattr(pictures, "HEATMAP_SIDE", 16)
-    decode(pictures.heatmap_png(np.arange(1000 * 3000, dtype=np.float32).reshape(1000, 3000)))
+    array = np.arange(1000 * 3000, dtype=np.float32).reshape(1000, 3000)
+    big = decode(pictures.heatmap_png(array))
+    small = decode(pictures.heatmap_png(array[:16, :16]))
+    assert [d.shape for d in drawn] == [(16, 16), (16, 16)]
+    np.testing.assert_array_equal(drawn[0], array[::63, ::188])
+    np.testing.assert_array_equal(drawn[1], array[:16, :16])
+    assert big.shape == small.shape
+    assert big.shape[:2] == (round(pictures.FIGSIZE[1] * pictures.DPI), round(pictures.FIGSIZE[0] * pictures.DPI))
 
 
 def test_pictures_leave_matplotlib_state_alone():
