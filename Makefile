@@ -51,7 +51,7 @@ test-latest:
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
-	.venv-latest/bin/python -m pip install --quiet --upgrade -e '.[test]'
+	.venv-latest/bin/python -m pip install --quiet --upgrade -c requirements/latest-constraints.txt -e '.[test]'
 	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/versions.txt
 	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
 

@@ -3,7 +3,7 @@
 Any ``f`` that is a string starting with a protocol (``s3://bucket/model.pt``;
 chained URLs such as ``simplecache::s3://...`` too) is opened through
 `fsspec <https://filesystem-spec.readthedocs.io>`_, an optional dependency
-(``pip install "nbckpt[remote]"``, plus the protocol's own package: ``s3fs``
+(``pip install fsspec``, nbckpt's ``remote`` extra, plus the protocol's own package: ``s3fs``
 for S3, ``gcsfs`` for Google Cloud Storage, ``adlfs`` for Azure, ``aiohttp``
 for HTTP). ``storage_options`` (a dict) is passed to the filesystem:
 credentials, endpoints, ``anon=True``... Single-letter "protocols" are Windows
@@ -54,7 +54,7 @@ CHUNK = 1 << 26
 #: Blocks kept per open file.
 _BLOCKS_KEPT = 4
 
-INSTALL_HINT = 'pip install "nbckpt[remote]"'
+INSTALL_HINT = "pip install fsspec (part of nbckpt's remote extra)"
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+(://|::)")
 

@@ -21,9 +21,11 @@ from nbckpt import remote
 from remote_servers import S3_CREDENTIALS, RangeHTTPServer, S3Server
 from test_magics import ipython, run, run_cell, shell, texts  # noqa: F401 - fixtures
 
-s3fs = pytest.importorskip("s3fs")
-pytest.importorskip("moto")
-pytest.importorskip("aiohttp")
+# The servers' clients are test dependencies (the lock installs them): a missing one fails
+# the tests, never skips them.
+import aiohttp  # noqa: E402,F401 - fsspec's HTTP filesystem needs it
+import moto  # noqa: E402,F401 - remote_servers starts moto's S3 server
+import s3fs  # noqa: E402
 
 MiB = 1 << 20
 BUCKET = "nbckpt-tests"
@@ -307,7 +309,7 @@ def test_missing_fsspec_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "fsspec", None)
     monkeypatch.setitem(sys.modules, "fsspec.core", None)
     with pytest.raises(ImportError, match=r'reads and writes URLs through fsspec, which is not installed .*'
-                                          r'pip install "nbckpt\[remote\]" and s3fs for s3:// URLs'):
+                                          r"pip install fsspec \(part of nbckpt's remote extra\) and s3fs for s3:// URLs"):
         nbckpt.load("s3://bucket/model.pt")
 
 
@@ -364,7 +366,6 @@ def test_cell_cache_and_save_on_a_url(shell):  # noqa: F811 - fixture
 
 
 def test_browser_on_a_url(http, large_http):
-    widgets = pytest.importorskip("ipywidgets")  # noqa: F841
     from nbckpt.jupyter import ArchiveBrowser
 
     http.counter.reset()

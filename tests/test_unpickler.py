@@ -47,7 +47,10 @@ from nbckpt.format.container import ZipWriter
 from nbckpt.pickling.rebuild import Rebuilder
 from nbckpt.pickling.unpickler import MAX_NESTING, SafeUnpickler
 
-torch = pytest.importorskip("torch")
+from required import required
+
+# Only the tests that compare against torch need it: without torch they fail, the rest run.
+torch = required("torch")
 
 MODULE = __name__
 MODULE_B = MODULE.encode()
@@ -167,9 +170,50 @@ class PlainConfig:
 
 
 def torch_bytes(obj, **kwargs) -> bytes:
+    """The file ``torch.save(obj)`` writes.
+
+    For an object that holds no torch object (most safety tests: plain data and hostile
+    pickles), the file is built here without torch — torch's ``data.pkl`` is then just
+    ``pickle.dumps(obj, protocol)`` in its zip layout (``test_plain_files_are_torchs_files``
+    proves it byte for byte) — so those tests run where torch is missing; objects holding
+    tensors need torch, and fail without it.
+    """
+    if _holds_torch_objects(obj):
+        buf = io.BytesIO()
+        torch.save(obj, buf, **kwargs)
+        return buf.getvalue()
+    return plain_torch_file(obj, protocol=kwargs.pop("pickle_protocol", 2), **kwargs)
+
+
+def plain_torch_file(obj, *, protocol: int = 2) -> bytes:
+    """The zip that torch.save writes for a tensor-free ``obj`` (records in torch's order)."""
     buf = io.BytesIO()
-    torch.save(obj, buf, **kwargs)
+    writer = ZipWriter(buf.write, "archive")
+    writer.write_record("data.pkl", pickle.dumps(obj, protocol=protocol))
+    writer.write_record(".format_version", b"1")
+    writer.write_record(".storage_alignment", b"64")
+    writer.write_record("byteorder", sys.byteorder.encode("ascii"))
+    writer.close()
     return buf.getvalue()
+
+
+class _FindsTorch(pickle.Pickler):
+    found = False
+
+    def persistent_id(self, value):
+        if type(value).__module__.split(".")[0] == "torch" or (
+                isinstance(value, type) and value.__module__.split(".")[0] == "torch"):
+            self.found = True
+        return None
+
+
+def _holds_torch_objects(obj) -> bool:
+    finder = _FindsTorch(io.BytesIO(), protocol=2)
+    try:
+        finder.dump(obj)
+    except Exception:  # noqa: BLE001 - unpicklable here: let torch.save decide
+        return True
+    return finder.found
 
 
 def load_bytes(data: bytes, **kwargs):
@@ -1075,3 +1119,19 @@ class TestPythonPickles:
         assert unpickler.position == len(pkl)
         second = SafeUnpickler(pkl + pkl, Rebuilder(None), start=len(pkl))
         assert second.load() == [1, 2]
+
+
+class TestPlainFilesWithoutTorch:
+    """The safety tests build tensor-free files without torch; they are torch's files."""
+
+    @pytest.mark.parametrize("obj", [{"b": b"", "n": None}, [1.5, "x", (2, 3)], Reduce(print, "x"),
+                                     {"a": np.arange(3, dtype=">i4")}])
+    def test_plain_files_are_torchs_files(self, obj):
+        ours, theirs = zipfile.ZipFile(io.BytesIO(plain_torch_file(obj))), None
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        theirs = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+        names = [n for n in theirs.namelist() if not n.endswith("serialization_id")]
+        assert [n for n in ours.namelist() if not n.endswith("serialization_id")] == names
+        for name in names:
+            assert ours.read(name) == theirs.read(name), name
