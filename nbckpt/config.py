@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import sys
+import warnings
 
 __all__ = [
     "LoadEndianness",
@@ -59,4 +60,16 @@ def byteorder_without_record() -> str:
         return "big"
     if _default is LoadEndianness.NATIVE:
         return sys.byteorder
+    if _default is None and sys.byteorder == "big":
+        # torch < 2.1 read such files in the machine's order; torch >= 2.1 (and nbckpt) read
+        # them as little-endian. On a big-endian machine the two differ: say so (torch warns too).
+        warnings.warn(
+            "this checkpoint has no byteorder record (torch < 2.1 wrote none); nbckpt reads it as "
+            "little-endian, as torch >= 2.1 does, although this machine is big-endian. If it was "
+            "written on a big-endian machine, call nbckpt.set_default_load_endianness("
+            "nbckpt.LoadEndianness.NATIVE) before loading; to silence this warning, set "
+            "nbckpt.set_default_load_endianness(nbckpt.LoadEndianness.LITTLE).",
+            UserWarning,
+            stacklevel=2,
+        )
     return "little"

@@ -305,3 +305,42 @@ class TestWhatAnEntryAllows:
         nbckpt.add_safe_globals([(Config, f"{MODULE}.Point")])
         out = safe_loads(raw(MODULE, "Point", b")\x81."))
         assert type(out) is Config
+
+
+class TestMethodsBoundToClasses:
+    """torch allowlists ``zoneinfo.ZoneInfo._unpickle``: a method bound to a class, reached in a
+    protocol-2 pickle as ``getattr(ZoneInfo, "_unpickle")``. Such entries used to raise TypeError."""
+
+    def test_named_by_their_class(self):
+        import datetime
+        import zoneinfo
+
+        nbckpt.add_safe_globals([zoneinfo.ZoneInfo._unpickle, datetime.datetime.fromtimestamp,
+                                 collections.OrderedDict.fromkeys, Outer.Inner])
+        assert nbckpt.get_safe_globals_names() == [
+            "collections.OrderedDict.fromkeys", "datetime.datetime.fromtimestamp",
+            f"{MODULE}.Outer.Inner", "zoneinfo.ZoneInfo._unpickle"]
+        assert zoneinfo.ZoneInfo._unpickle in nbckpt.get_safe_globals()
+
+    def test_allowed_member_is_decided_by_the_dotted_name(self):
+        import zoneinfo
+
+        from nbckpt.pickling.allowlist import allowed_member
+
+        assert allowed_member(zoneinfo.ZoneInfo, "_unpickle") == (False, None)
+        with nbckpt.safe_globals([zoneinfo.ZoneInfo._unpickle]):
+            allowed, obj = allowed_member(zoneinfo.ZoneInfo, "_unpickle")
+            assert allowed and obj == zoneinfo.ZoneInfo._unpickle
+            assert allowed_member(zoneinfo.ZoneInfo, "clear_cache") == (False, None)
+            assert allowed_member(zoneinfo.ZoneInfo(key="UTC"), "_unpickle") == (False, None)  # not a class
+            assert allowed_member(zoneinfo.ZoneInfo, 3) == (False, None)
+        assert allowed_member(zoneinfo.ZoneInfo, "_unpickle") == (False, None)
+        nbckpt.add_safe_globals([(Config, f"{MODULE}.Outer.Renamed")])
+        assert allowed_member(Outer, "Renamed") == (True, Config)
+
+    def test_tuple_form_for_a_bound_method(self):
+        import zoneinfo
+
+        entry = (zoneinfo.ZoneInfo._unpickle, "zoneinfo.ZoneInfo._unpickle")
+        with nbckpt.safe_globals([entry]):
+            assert nbckpt.get_safe_globals_names() == ["zoneinfo.ZoneInfo._unpickle"]

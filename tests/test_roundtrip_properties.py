@@ -432,3 +432,35 @@ def test_torch_storages_follow_the_same_sharing(group):
         if v.size:
             assert t.stride() == tuple(s // v.itemsize for s in v.strides)
         np.testing.assert_array_equal(torch_bits(t), element_bytes(v))
+
+
+@settings(max_examples=50, **SETTINGS)
+@given(_torch_trees)
+def test_skip_data_saves_the_same_structure_with_zeroed_storages(obj):
+    """``save(skip_data=True)`` differs from ``save()`` only in the storages' bytes and CRCs."""
+    from nbckpt.format.container import ZipReader
+
+    full = ZipReader(io.BytesIO(save_bytes(obj)))
+    buf = io.BytesIO()
+    nbckpt.save(obj, buf, skip_data=True)
+    skipped = ZipReader(io.BytesIO(buf.getvalue()))
+    assert skipped.names() == full.names()
+    for name in full.names():
+        assert skipped.data_offset(name) == full.data_offset(name), name
+        if name.startswith("data/"):
+            assert skipped.read(name) == bytes(full.entry(name).size), name
+            assert skipped.entry(name).crc32 == 0  # as torch's write_record_metadata
+        elif name != ".data/serialization_id":
+            assert skipped.read(name) == full.read(name), name
+
+    def zeroed(x):
+        t = type(x)
+        if t is np.ndarray:
+            return ("ndarray", x.dtype.str, str(x.dtype), x.shape, bytes(x.size * x.dtype.itemsize))
+        if t in (list, tuple):
+            return (t.__name__, tuple(zeroed(v) for v in x))
+        if t in (dict, OrderedDict):
+            return (t.__name__, tuple((canon(k), zeroed(v)) for k, v in x.items()))
+        return canon(x)
+
+    assert canon(nbckpt.load(io.BytesIO(buf.getvalue()))) == zeroed(obj)

@@ -36,6 +36,7 @@ __all__ = [
     "get_safe_globals_names",
     "clear_safe_globals",
     "user_global",
+    "allowed_member",
     "blocked_reason",
     "refusal_message",
 ]
@@ -70,7 +71,20 @@ _scoped_globals: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar
 
 
 def _qualified_name(entry: Any) -> tuple[str, Any]:
-    """``(dotted name, object)`` for an allowlist entry (object or (object, name))."""
+    """``(dotted name, object)`` for an allowlist entry, as the file names it.
+
+    An entry is a class or function (named ``module.qualname``), a method
+    bound to a class such as ``zoneinfo.ZoneInfo._unpickle`` (named
+    ``module.Class.method``, which is how a protocol-2 pickle reaches it:
+    ``getattr(Class, "method")``), or a tuple ``(object, "module.name")``
+    naming the object as the file does, as torch accepts.
+
+        >>> import zoneinfo
+        >>> _qualified_name(zoneinfo.ZoneInfo._unpickle)[0]
+        'zoneinfo.ZoneInfo._unpickle'
+        >>> _qualified_name((print, "legacy.print"))[0]
+        'legacy.print'
+    """
     if isinstance(entry, tuple):
         if len(entry) != 2:
             raise ValueError(
@@ -80,6 +94,10 @@ def _qualified_name(entry: Any) -> tuple[str, Any]:
         if not isinstance(name, str):
             raise TypeError(f"expected the second item to be the dotted name as str, got {type(name).__name__}")
         return name, obj
+    owner = getattr(entry, "__self__", None)
+    if isinstance(owner, type) and isinstance(getattr(entry, "__name__", None), str):
+        # A classmethod or a C type's method: its __module__ is often None.
+        return f"{_class_name(owner)}.{entry.__name__}", entry
     module = getattr(entry, "__module__", None)
     qualname = getattr(entry, "__qualname__", None) or getattr(entry, "__name__", None)
     if not module or not qualname:
@@ -89,11 +107,17 @@ def _qualified_name(entry: Any) -> tuple[str, Any]:
     return f"{module}.{qualname}", entry
 
 
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def add_safe_globals(globals_: Iterable[Any]) -> None:
     """Allow these classes or functions in every later ``weights_only`` load.
 
-    Each entry is an object with ``__module__`` and ``__qualname__`` or a tuple
-    ``(object, "module.name")`` naming it as the file does.
+    Each entry is an object with ``__module__`` and ``__qualname__``, a method
+    bound to a class (``zoneinfo.ZoneInfo._unpickle``, allowed as
+    ``zoneinfo.ZoneInfo._unpickle``), or a tuple ``(object, "module.name")``
+    naming it as the file does, as in torch.
 
         >>> import collections, nbckpt
         >>> nbckpt.add_safe_globals([collections.defaultdict])
@@ -153,6 +177,26 @@ def user_global(dotted: str) -> tuple[bool, Any]:
         if dotted in _process_globals:
             return True, _process_globals[dotted]
     return False, None
+
+
+def allowed_member(owner: type, name: str) -> tuple[bool, Any]:
+    """``(True, obj)`` when the user allowlisted ``owner.name`` by its dotted name.
+
+    Protocol 2 pickles a nested class or a method bound to a class as
+    ``getattr(Owner, "name")``; this is the decision for that call. The name is
+    ``module.Owner.name`` (what :func:`add_safe_globals` records for
+    ``Owner.name``, or the name given in an ``(object, "module.Owner.name")``
+    entry), so a private member such as ``ZoneInfo._unpickle`` is allowed only
+    when it was named itself.
+
+        >>> import zoneinfo
+        >>> with safe_globals([zoneinfo.ZoneInfo, zoneinfo.ZoneInfo._unpickle]):
+        ...     allowed_member(zoneinfo.ZoneInfo, "_unpickle")[0], allowed_member(zoneinfo.ZoneInfo, "clear_cache")[0]
+        (True, False)
+    """
+    if not isinstance(owner, type) or type(name) is not str:
+        return False, None
+    return user_global(f"{_class_name(owner)}.{name}")
 
 
 def blocked_reason(module: str, name: str) -> str | None:

@@ -23,6 +23,7 @@ saved twice loads as one object, and recursive lists and dicts work.
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from ..meta import MetaArray
 from ..sparse import SparseParts, is_sparse, to_torch_parts
 from .storages import PlannedStorage, StoragePlanner
 
-__all__ = ["SavePlan", "CheckpointPickler", "UNSUPPORTED_HINT"]
+__all__ = ["SavePlan", "CheckpointPickler", "UNSUPPORTED_HINT", "skipped_data"]
 
 UNSUPPORTED_HINT = (
     "nbckpt saves NumPy and CuPy arrays, NumPy scalars, scipy.sparse arrays, "
@@ -478,3 +479,19 @@ def _storage_global(name: str) -> _Global:
 @functools.lru_cache(maxsize=None)
 def _torch_dtype_global(name: str) -> _Global:
     return _Global("torch", name)
+
+
+def skipped_data(nbytes: int):
+    """Zero bytes standing in for a storage's data in a ``save(..., skip_data=True)``.
+
+    The region is reserved in the file (so the data can be written into it
+    later, at the record's offset) but nothing is read from the array, and a
+    device array is never copied to the host. An anonymous mapping reads as
+    zeros without committing memory, so this costs nothing even for many GiB.
+
+        >>> bytes(skipped_data(4)), len(skipped_data(0))
+        (b'\\x00\\x00\\x00\\x00', 0)
+    """
+    if nbytes == 0:
+        return b""
+    return mmap.mmap(-1, nbytes)
