@@ -27,10 +27,11 @@ from .pickling.allowlist import (
     safe_globals,
 )
 
+# ``open`` is nbckpt.open but stays out of __all__: ``from nbckpt import *`` must not
+# shadow the builtin open.
 __all__ = [
     "save",
     "load",
-    "open",
     "scan",
     "verify",
     "diff",

@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
-import mmap as mmap_module
 import sys
 from typing import Any
 
 from .devices import DeviceMap
-from .errors import FormatError
 from .format import spec
-from .format.checkpoint import open_zip_checkpoint
 from .format import legacy as legacy_format
 from .format.container import ZipWriter
-from . import legacy_loader
-from .materialize import ZipMaterializer, ZipSource
-from .pickling.rebuild import Rebuilder
-from .pickling.run import run_unpickler
+from .formats.base import LoadOptions
+from .formats.options import check_mmap_source, mmap_access
+from .formats.sniff import open_reader
+from .pickling.run import gc_paused
 from .pickling.scan import GlobalRef, scan_pickle
-from .pickling.writer import CheckpointPickler, SavePlan
-from .progress import SILENT, progress_bar
-from .sources import archive_prefix, atomic_write, check_storage_options, check_writable, is_path, is_url, open_source
+from .pickling.writer import CheckpointPickler, SavePlan, skipped_data
+from .progress import progress_bar
+from .sources import archive_prefix, atomic_write, check_storage_options, check_writable, is_path
 
 __all__ = ["save", "load", "scan"]
 
 
 
 def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
-         storage_options: dict | None = None, durable: bool = True) -> None:
+         storage_options: dict | None = None, durable: bool = True, skip_data: bool = False) -> None:
     """Save ``obj`` to ``f`` in torch's checkpoint format (torch.load reads it).
 
     ``f`` is a path (written atomically: a failed save leaves any previous file
@@ -39,12 +35,17 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
     NumPy arrays and scalars, str, bytes, bytearray, int, float, complex, bool
     and None. Arrays that view one buffer are stored once and view one buffer
     again when loaded. ``format="legacy"`` writes torch's pre-1.6 stream format
-    instead of the zip archive (torch still reads it). ``progress`` shows a
+    instead of the zip archive (torch still reads it); ``format="dcp"`` writes a
+    torch.distributed.checkpoint folder at ``f``, Dask arrays in parallel (see
+    :mod:`nbckpt.formats.dcp_write`). ``progress`` shows a
     progress bar: ``None`` only for large saves, ``True`` always, ``False`` never.
     A save to a path is also durable: the file and its folder are fsynced, so
     the new checkpoint survives a power loss. ``durable=False`` skips that (the
     save stays atomic against crashes of the process) for scratch files, where
-    speed matters more.
+    speed matters more. ``skip_data=True`` writes the whole structure and
+    reserves each storage's bytes as zeros without reading any array (as
+    torch's ``skip_data`` context does); the data can be written into the
+    records later (see the README).
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO()
@@ -55,13 +56,21 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
         >>> np.shares_memory(out["w"], out["wT"]), out["step"]
         (True, 3)
     """
+    if format == "dcp":  # a torch.distributed.checkpoint folder (Dask arrays written in parallel)
+        from .formats.dcp_write import save_dcp
+        return save_dcp(obj, f, durable=durable, progress=progress, storage_options=storage_options,
+                        skip_data=skip_data)
     if format not in ("zip", "legacy"):
-        raise ValueError(f"format must be 'zip' (torch >= 1.6) or 'legacy' (torch < 1.6), got {format!r}")
+        raise ValueError(f"format must be 'zip' (torch >= 1.6), 'legacy' (torch < 1.6) or 'dcp' "
+                         f"(a torch.distributed.checkpoint folder), got {format!r}")
+    if skip_data and format == "legacy":
+        raise ValueError("skip_data=True needs format='zip': the legacy format has no records to fill in later")
     check_storage_options(f, storage_options)
     write = None if is_path(f) else check_writable(f)
-    plan = SavePlan.build(obj)  # every check happens before the first byte is written
-    pickler = CheckpointPickler(plan, legacy=format == "legacy")
-    data_pkl = pickler.dumps(obj)
+    with gc_paused():  # thousands of small objects, all kept: see nbckpt.pickling.run.gc_paused
+        plan = SavePlan.build(obj)  # every check happens before the first byte is written
+        pickler = CheckpointPickler(plan, legacy=format == "legacy")
+        data_pkl = pickler.dumps(obj)
     bar = progress_bar(sum(s.nbytes for s in pickler.storages), "saving", progress)
     if format == "legacy":
         def emit(write_to):
@@ -69,7 +78,7 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
             bar.update(sum(s.nbytes for s in pickler.storages))
     else:
         def emit(write_to):
-            _write_zip(write_to, archive_prefix(f), data_pkl, pickler.storages, bar)
+            _write_zip(write_to, archive_prefix(f), data_pkl, pickler.storages, bar, skip_data=skip_data)
     try:
         if write is None:
             with atomic_write(f, storage_options=storage_options, progress=progress, durable=durable) as handle:
@@ -83,7 +92,7 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
         flush()
 
 
-def _write_zip(write, prefix: str, data_pkl: bytes, storages, bar) -> None:
+def _write_zip(write, prefix: str, data_pkl: bytes, storages, bar, *, skip_data: bool = False) -> None:
     writer = ZipWriter(write, prefix)
     writer.write_record("data.pkl", data_pkl)
     writer.write_record(".format_version", b"1")
@@ -91,7 +100,10 @@ def _write_zip(write, prefix: str, data_pkl: bytes, storages, bar) -> None:
     writer.write_record("byteorder", sys.byteorder.encode("ascii"))
     for storage in storages:
         # Device storages are copied to the host here, one at a time.
-        writer.write_record(f"data/{storage.key}", storage.host_bytes())
+        if skip_data:  # zeros with CRC 0, as torch's write_record_metadata
+            writer.write_record(f"data/{storage.key}", skipped_data(storage.nbytes), crc32=0)
+        else:
+            writer.write_record(f"data/{storage.key}", storage.host_bytes())
         bar.update(storage.nbytes)
     writer.close()
 
@@ -140,86 +152,13 @@ def load(
     device_map = DeviceMap.parse(map_location)
     access = mmap_access(mmap)
     check_mmap_source(f, access)
-    with open_source(f, storage_options) as (stream, _path):
-        start = stream.tell()
-        magic = stream.read(4)
-        stream.seek(start)
-        if magic == spec.LOCAL_MAGIC:
-            checkpoint = open_zip_checkpoint(stream, verify=verify)
-            total = 0 if skip_data or access is not None else checkpoint.storage_bytes
-            bar = progress_bar(total, "loading", progress)
-            try:
-                with map_file(stream, access) as mapped:
-                    # Our own file handle may read small records with their headers in one
-                    # go; a caller's file object gets exact readinto() calls.
-                    source = ZipSource(checkpoint.reader, mapped=mapped, skip_data=skip_data, verify=verify,
-                                       on_read=None if bar is SILENT else bar.update,
-                                       read_ahead=_path is not None)
-                    materializer = ZipMaterializer(source, device_map, byteorder=checkpoint.byteorder,
-                                                   skip_data=skip_data)
-                    result = unpickle(checkpoint.data_pkl, materializer, weights_only=weights_only,
-                                      encoding=encoding)
-            finally:
-                bar.close()
-            stream.seek(checkpoint.reader.end)
-            return result
-        if not magic:
-            raise FormatError("the file is empty (or the stream is at its end): there is no checkpoint to load")
-        if access is not None:
-            raise ValueError(
-                "mmap can only be used with zip checkpoints (torch >= 1.6, the default format); "
-                "this file is in torch's legacy format. Load it without mmap, or save it again "
-                "with nbckpt.save to get a zip checkpoint."
-            )
-        if legacy_format.is_tar(stream):
-            return legacy_loader.load_tar(stream, device_map, weights_only=weights_only, encoding=encoding,
-                                          skip_data=skip_data)
-        return legacy_loader.load_stream(stream, device_map, weights_only=weights_only,
-                                         encoding=encoding, skip_data=skip_data)
-
-
-def check_mmap_source(f: Any, access: int | None) -> None:
-    """ValueError when ``mmap`` is asked for on something that is not a local path."""
-    if access is None:
-        return
-    if is_url(f):
-        raise ValueError(
-            f"mmap maps local files only; {f} is a URL. Load it without mmap (arrays are then read "
-            f"with ranged requests), or copy it to a local file first."
-        )
-    if not is_path(f):
-        raise ValueError(
-            f"mmap needs a path to map the file; got a {type(f).__qualname__}. Pass the file's "
-            f"path, or load without mmap."
-        )
-
-
-def unpickle(data_pkl: bytes, materializer: Any, *, weights_only: bool, encoding: str) -> Any:
-    """Run a zip checkpoint's pickle over ``materializer``."""
-    return run_unpickler(data_pkl, Rebuilder(materializer), weights_only=weights_only,
-                         encoding=encoding, materializer=materializer)
-
-
-def mmap_access(mmap: bool | str) -> int | None:
-    """The ``mmap`` module access mode for ``load(mmap=...)``, or None."""
-    if mmap is False or mmap is None:
-        return None
-    if mmap is True or mmap == "r":
-        return mmap_module.ACCESS_READ
-    if mmap == "c":
-        return mmap_module.ACCESS_COPY
-    raise ValueError(f"mmap must be False, True, 'r' (read-only) or 'c' (copy-on-write), got {mmap!r}")
-
-
-@contextlib.contextmanager
-def map_file(stream, access: int | None):
-    """An mmap of the whole file behind ``stream`` (or None when not asked)."""
-    if access is None:
-        yield None
-        return
-    mapped = mmap_module.mmap(stream.fileno(), 0, access=access)
-    yield mapped
-    # Arrays keep the mapping alive through their buffers; it closes when they go.
+    options = LoadOptions(weights_only=weights_only, encoding=encoding, skip_data=skip_data,
+                          mmap_access=access, verify=verify, progress=progress)
+    reader = open_reader(f, weights_only=weights_only, storage_options=storage_options)
+    try:
+        return reader.load(device_map, options)
+    finally:
+        reader.close()
 
 
 def scan(f: Any, *, storage_options: dict | None = None) -> list[GlobalRef]:
@@ -236,18 +175,11 @@ def scan(f: Any, *, storage_options: dict | None = None) -> list[GlobalRef]:
         >>> [(g.name, g.allowed) for g in nbckpt.scan(buf)]
         [('collections.OrderedDict', True)]
     """
-    with open_source(f, storage_options) as (stream, _path):
-        start = stream.tell()
-        magic = stream.read(4)
-        stream.seek(start)
-        if magic == spec.LOCAL_MAGIC:
-            checkpoint = open_zip_checkpoint(stream)
-            pickles = [checkpoint.data_pkl]
-            stream.seek(checkpoint.reader.end)
-        elif legacy_format.is_tar(stream):
-            pickles = legacy_loader.tar_pickles(stream)
-        else:
-            pickles = legacy_loader.stream_pickles(stream)
+    reader = open_reader(f, storage_options=storage_options)
+    try:
+        pickles = reader.pickles()
+    finally:
+        reader.close()
     found: dict[str, GlobalRef] = {}
     for data in pickles:
         for ref in scan_pickle(data):

@@ -1,8 +1,12 @@
-"""Lazy, random-access view of a checkpoint: list its arrays, load any one.
+"""Lazy, random-access view of a checkpoint of any format: list its arrays, load any one.
 
-Opening reads the zip directory and ``data.pkl`` only — never a storage byte —
-so opening and listing a 10 GB checkpoint costs as much as a 10 kB one. Each
-array is read when asked for, and only its storage is read.
+:func:`open` works on every format :func:`nbckpt.load` reads (torch zip,
+legacy stream and tar, safetensors, sharded ``*.index.json`` checkpoints,
+``.npz``; see :mod:`nbckpt.formats`). Opening reads what describes the arrays
+(a zip directory and ``data.pkl``, a legacy file's pickles and storage
+headers, a safetensors header, an index) — never a storage byte — so opening
+and listing a 10 GB checkpoint costs as much as a 10 kB one. Each array is
+read when asked for, and only its storage is read.
 
     >>> import io, numpy as np, nbckpt
     >>> buf = io.BytesIO()
@@ -19,34 +23,32 @@ from __future__ import annotations
 
 import copy
 import math
-import mmap as mmap_module
-import os
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from . import api
 from .backends import device_scope
 from .devices import DeviceMap
 from .errors import FormatError
-from .format import dtypes as torch_dtypes
-from .format.checkpoint import ZipCheckpoint, open_zip_checkpoint
-from .materialize import ZipMaterializer, ZipSource
+from .formats.base import ArrayRef, LoadOptions
+from .formats.names import dotted_name
+from .formats.options import check_mmap_source, mmap_access
+from .formats.recording import as_array_ref
+from .formats.sniff import open_reader
+from .materialize import StorageMaterializer
 from .meta import MetaArray
 from .pickling import scan
-from .pickling.rebuild import Rebuilder, transform_covered
-from .pickling.unpickler import FullUnpickler, SafeUnpickler
-from .sources import is_path, open_input
-from .summary import records_html
+from .pickling.rebuild import transform_covered
+from .display.tables import records_html
 
 if TYPE_CHECKING:  # verify imports this module: no import cycle at run time
     from .verify import VerifyReport
 
 __all__ = ["Archive", "Record", "ArchiveInfo", "open"]
 
-_MAX_DEPTH = 200  # deeper structures are listed down to this depth
+_MAX_DEPTH = 200  # arrays deeper than this are refused (a FormatError), never silently left out
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,11 @@ class Record:
     """One array of an archive, described without reading it.
 
     ``offset`` and ``strides`` count elements of ``dtype`` within ``storage``
-    (the ``data/<key>`` record); ``shares`` names the other records whose
-    arrays view the same storage.
+    (the ``data/<key>`` record of a zip checkpoint, the tensor's name in a
+    safetensors file...); ``shares`` names the other records whose arrays view
+    the same storage; ``shard`` names the file (or files) that hold the array
+    in a sharded checkpoint (``""`` otherwise) and ``chunks`` how many pieces
+    it is stored in (DCP folders; 1 otherwise).
     """
 
     name: str
@@ -68,6 +73,8 @@ class Record:
     offset: int
     strides: tuple[int, ...]
     shares: tuple[str, ...] = ()
+    shard: str = ""
+    chunks: int = 1
 
     @property
     def size(self) -> int:
@@ -76,7 +83,14 @@ class Record:
 
 @dataclass(frozen=True)
 class ArchiveInfo:
-    """What a checkpoint holds, read from its directory and pickle."""
+    """What a checkpoint holds, read from its directory, header or pickle.
+
+    ``format`` is the reader's short name (``"zip"``, ``"legacy"``, ``"tar"``,
+    ``"safetensors"``, ``"sharded"``, ``"npz"``, ``"dcp"``) and ``description``
+    one line for people; ``metadata`` is the file's own metadata
+    (safetensors' ``__metadata__``); ``details`` are format-specific
+    ``(label, value)`` rows (the shards of a sharded checkpoint...).
+    """
 
     source: str
     format: str
@@ -90,6 +104,9 @@ class ArchiveInfo:
     file_bytes: int
     pickle_bytes: int
     globals: tuple[scan.GlobalRef, ...] = field(default=())
+    description: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    details: tuple[tuple[str, str], ...] = ()
 
     @property
     def refused_globals(self) -> list[str]:
@@ -97,83 +114,12 @@ class ArchiveInfo:
         return [g.name for g in self.globals if not g.allowed]
 
 
-class _StorageRef:
-    """A storage the pickle refers to; nothing of it has been read."""
-
-    __slots__ = ("key", "dtype", "numel", "location", "untyped")
-
-    def __init__(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
-                 untyped: bool) -> None:
-        self.key, self.dtype, self.numel, self.location, self.untyped = key, dtype, numel, location, untyped
-
-
-class _ArrayRef:
-    """An array the pickle builds: a checked view of a storage, plus value transforms."""
-
-    __slots__ = ("storage", "dtype", "offset", "shape", "strides", "transforms")
-
-    def __init__(self, storage: _StorageRef, dtype: np.dtype, offset: int, shape: tuple[int, ...],
-                 strides: tuple[int, ...] | None, transforms: tuple[str, ...] = ()) -> None:
-        self.storage, self.dtype, self.offset = storage, dtype, offset
-        self.shape, self.strides, self.transforms = shape, strides, transforms
-
-    # torch stores conj()/neg views unmaterialized; the rebuild asks for these.
-    def conj(self) -> "_ArrayRef":
-        return _ArrayRef(self.storage, self.dtype, self.offset, self.shape, self.strides, self.transforms + ("conj",))
-
-    def __neg__(self) -> "_ArrayRef":
-        return _ArrayRef(self.storage, self.dtype, self.offset, self.shape, self.strides, self.transforms + ("neg",))
-
-
-class _RecordingMaterializer:
-    """Describes storages and views instead of reading them (see rebuild.py)."""
-
-    def __init__(self, checkpoint: ZipCheckpoint) -> None:
-        self._reader = checkpoint.reader
-
-    def storage(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
-                untyped: bool = False) -> _StorageRef:
-        name = f"data/{key}"
-        entry = self._reader.entry(name)
-        if entry.size != numel * dtype.itemsize:
-            raise FormatError(
-                f"record {name} holds {entry.size} bytes but the pickle declares {numel} "
-                f"x {dtype.name} = {numel * dtype.itemsize} bytes",
-                record=name,
-            )
-        return _StorageRef(key, dtype, numel, location, untyped)
-
-    def view(self, storage: _StorageRef, dtype: np.dtype, offset: int, shape: tuple[int, ...],
-             strides: tuple[int, ...]) -> _ArrayRef:
-        return _ArrayRef(storage, dtype, offset, shape, strides)
-
-    def empty(self, storage: _StorageRef, dtype: np.dtype, shape: tuple[int, ...]) -> _ArrayRef:
-        return _ArrayRef(storage, dtype, 0, shape, None)
-
-    def sparse(self, layout: str, parts: Any) -> dict:
-        """A sparse tensor is listed as its parts (``name.values``...)."""
-        names = _SPARSE_PART_NAMES.get(layout, ())
-        if not isinstance(parts, tuple) or len(parts) < len(names):
-            raise FormatError(f"sparse tensor data of layout {layout} has the wrong form")
-        described = {"layout": layout}
-        described.update(zip(names, parts))
-        return described
-
-
-_SPARSE_PART_NAMES = {
-    "sparse_coo": ("indices", "values", "size"),
-    "sparse_csr": ("crow_indices", "col_indices", "values", "size"),
-    "sparse_csc": ("ccol_indices", "row_indices", "values", "size"),
-    "sparse_bsr": ("crow_indices", "col_indices", "values", "size"),
-    "sparse_bsc": ("ccol_indices", "row_indices", "values", "size"),
-}
-
-
 def open(f: Any, *, map_location: Any = None, weights_only: bool = True,
          mmap: bool | str = False, storage_options: dict | None = None) -> "Archive":
     """Open a checkpoint lazily: see :class:`Archive`. Use it as a context manager.
 
-    ``f`` may be a URL (``s3://bucket/model.pt``, ``https://...``; ``storage_options``
+    ``f`` is a checkpoint of any format nbckpt reads: a path (a file, or the
+    folder of a sharded checkpoint), a seekable binary file object, or a URL (``s3://bucket/model.pt``, ``https://...``; ``storage_options``
     go to fsspec): opening then fetches the zip directory and ``data.pkl`` with
     ranged requests, and each array's bytes only when it is read.
 
@@ -184,6 +130,8 @@ def open(f: Any, *, map_location: Any = None, weights_only: bool = True,
         >>> with nbckpt.open(buf) as archive:
         ...     len(archive), archive.info.format
         (1, 'zip')
+
+    ``nbckpt.open(f).load()`` returns what ``nbckpt.load(f)`` does.
     """
     return Archive(f, map_location=map_location, weights_only=weights_only, mmap=mmap,
                    storage_options=storage_options)
@@ -203,24 +151,14 @@ class Archive:
                  mmap: bool | str = False, storage_options: dict | None = None) -> None:
         self._device_map = DeviceMap.parse(map_location)
         self._weights_only = weights_only
-        self._access = api.mmap_access(mmap)
-        api.check_mmap_source(f, self._access)
-        self.source = os.fsdecode(f) if is_path(f) else f"<{type(f).__qualname__}>"
-        self._stream, self._owns_stream = open_input(f, storage_options)
+        self._access = mmap_access(mmap)
+        check_mmap_source(f, self._access)
+        self._reader = open_reader(f, weights_only=weights_only, storage_options=storage_options)
+        self._owns_reader = True
+        self._closed = False
+        self.source = self._reader.source
         try:
-            here = self._stream.tell()
-            magic = self._stream.read(4)
-            self._stream.seek(here)
-            if magic and magic != b"PK\x03\x04":
-                raise FormatError(
-                    "nbckpt.open browses zip checkpoints (torch >= 1.6); this file is not one (a "
-                    "legacy torch file, or not a checkpoint at all). Load legacy files with "
-                    "nbckpt.load, or save them again with nbckpt.save to browse them."
-                )
-            self._checkpoint = open_zip_checkpoint(self._stream)
-            unpickler = SafeUnpickler if weights_only else FullUnpickler
-            recorder = Rebuilder(_RecordingMaterializer(self._checkpoint))
-            tree = unpickler(self._checkpoint.data_pkl, recorder).load()
+            tree = self._reader.tree()
         except BaseException:
             self.close()
             raise
@@ -233,7 +171,12 @@ class Archive:
             self._by_name.setdefault(record.name, record)
         self._storage_roots: dict[str, tuple[Any, np.dtype, int]] = {}
         self._storage_backends: dict[str, Any] = {}
-        self._materializer: ZipMaterializer | None = None
+        self._materializer: StorageMaterializer | None = None
+
+    @property
+    def format(self) -> str:
+        """The checkpoint's format: ``"zip"``, ``"legacy"``, ``"tar"``, ``"safetensors"``, ``"sharded"``, ``"npz"``..."""
+        return self._reader.format
 
     # -- context manager --------------------------------------------------------------------
 
@@ -245,8 +188,14 @@ class Archive:
 
     def close(self) -> None:
         """Close the file if the archive opened it (arrays already loaded stay valid)."""
-        if self._owns_stream and not self._stream.closed:
-            self._stream.close()
+        if self._owns_reader:
+            self._reader.close()
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` closed this archive's file (clones from :meth:`remapped` close nothing)."""
+        return self._closed
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -273,35 +222,33 @@ class Archive:
 
     @property
     def info(self) -> ArchiveInfo:
-        """Format, byte order, counts and sizes, and the globals the pickle names."""
-        checkpoint = self._checkpoint
-        reader = checkpoint.reader
-        keys = checkpoint.storage_keys
+        """Format, byte order, counts and sizes, metadata, and the globals a pickle names."""
+        info = self._reader.info()
         return ArchiveInfo(
             source=self.source,
-            format="zip",
-            prefix=reader.prefix,
-            version=checkpoint.version,
-            byteorder=checkpoint.byteorder,
-            byteorder_recorded=checkpoint.byteorder_recorded,
+            format=info.format,
+            prefix=info.prefix,
+            version=info.version,
+            byteorder=info.byteorder,
+            byteorder_recorded=info.byteorder_recorded,
             records=len(self.records),
-            storages=len(keys),
-            array_bytes=sum(reader.entry(f"data/{k}").size for k in keys),
-            file_bytes=reader.end - reader.start,
-            pickle_bytes=len(checkpoint.data_pkl),
-            globals=tuple(scan.scan_pickle(checkpoint.data_pkl)),
+            storages=info.storages,
+            array_bytes=info.array_bytes,
+            file_bytes=info.file_bytes,
+            pickle_bytes=info.pickle_bytes,
+            globals=info.globals,
+            description=info.description,
+            metadata=dict(info.metadata),
+            details=info.details,
         )
 
-    def verify(self) -> "VerifyReport":
-        """Check the archive's records (CRC-32s, sizes, pickle, views): see :func:`nbckpt.verify`."""
-        from .verify import verify
+    def verify(self, *, progress: bool | None = None) -> "VerifyReport":
+        """Check the checkpoint (CRC-32s, sizes, pickle, views): see :func:`nbckpt.verify`."""
+        from .verify import REPORT_FORMATS, VerifyReport
 
-        here = self._stream.tell()
-        self._stream.seek(self._checkpoint.reader.start)
-        try:
-            return verify(self._stream)
-        finally:
-            self._stream.seek(here)
+        report = VerifyReport(self.source, REPORT_FORMATS.get(self._reader.format, self._reader.format))
+        self._reader.verify(report, progress)
+        return report
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -328,19 +275,16 @@ class Archive:
         """
         clone = copy.copy(self)
         clone._device_map = DeviceMap.parse(map_location)
-        clone._owns_stream = False
+        clone._owns_reader = False
         clone._storage_roots, clone._storage_backends, clone._materializer = {}, {}, None
         return clone
 
     def load(self) -> Any:
         """Load the whole object, exactly as :func:`nbckpt.load` would."""
-        with api.map_file(self._stream, self._access) as mapped:
-            source = ZipSource(self._checkpoint.reader, mapped=mapped)
-            materializer = ZipMaterializer(source, self._device_map, byteorder=self._checkpoint.byteorder)
-            return api.unpickle(self._checkpoint.data_pkl, materializer, weights_only=self._weights_only,
-                                encoding="utf-8")
+        options = LoadOptions(weights_only=self._weights_only, mmap_access=self._access)
+        return self._reader.load(self._device_map, options)
 
-    def _materialize(self, ref: _ArrayRef | MetaArray) -> Any:
+    def _materialize(self, ref: ArrayRef | MetaArray) -> Any:
         if isinstance(ref, MetaArray):
             return ref
         materializer = self._storage_reader()
@@ -365,15 +309,10 @@ class Archive:
                 array = transform_covered(array, "conj" in ref.transforms, "neg" in ref.transforms)
         return array
 
-    def _storage_reader(self) -> ZipMaterializer:
+    def _storage_reader(self) -> StorageMaterializer:
         if self._materializer is None:
-            mapped = None
-            if self._access is not None:
-                mapped = mmap_module.mmap(self._stream.fileno(), 0, access=self._access)
-            # One array at a time: read exactly its storage, nothing around it.
-            source = ZipSource(self._checkpoint.reader, mapped=mapped, read_ahead=False)
-            self._materializer = ZipMaterializer(source, self._device_map,
-                                                 byteorder=self._checkpoint.byteorder)
+            source = self._reader.storages(mmap_access=self._access)
+            self._materializer = StorageMaterializer(source, self._device_map, byteorder=self._reader.byteorder)
         return self._materializer
 
     # Storages already read are reused while any array from them is alive, so
@@ -410,10 +349,6 @@ class Archive:
         return records_html(self)
 
 
-def _format_key(key: Any) -> str:
-    return key if isinstance(key, str) else repr(key) if not isinstance(key, int) else str(key)
-
-
 def _holders_of_arrays(tree: Any) -> set[int]:
     """ids of the containers in ``tree`` that hold an array at some depth."""
     holders: set[int] = set()
@@ -426,10 +361,11 @@ def _holders_of_arrays(tree: Any) -> set[int]:
             continue
         children = list(dict.values(obj)) if isinstance(obj, dict) else list(obj)
         if expanded:
-            if any(isinstance(c, (_ArrayRef, MetaArray)) or id(c) in holders for c in children):
+            if any(isinstance(c, (ArrayRef, MetaArray)) or as_array_ref(c) is not None or id(c) in holders
+                   for c in children):
                 holders.add(id(obj))
             continue
-        if id(obj) in visited or depth >= _MAX_DEPTH:
+        if id(obj) in visited:  # each container once: linear, however deep or shared
             continue
         visited.add(id(obj))
         stack.append((obj, depth, True))
@@ -437,21 +373,31 @@ def _holders_of_arrays(tree: Any) -> set[int]:
     return holders
 
 
-def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
+def _index(tree: Any) -> tuple[list[Record], list[ArrayRef], dict[str, Any]]:
     """Walk the loaded structure: one Record per array, and the other leaf values."""
-    found: list[tuple[tuple, _ArrayRef]] = []
+    found: list[tuple[tuple, ArrayRef]] = []
     values: dict[str, Any] = {}
     stack: list[tuple[tuple, Any, int]] = [((), tree, 0)]
     seen: set[int] = set()
     holds_arrays = _holders_of_arrays(tree)
     while stack:
         path, obj, depth = stack.pop()
-        if isinstance(obj, (_ArrayRef, MetaArray)):
+        if isinstance(obj, (ArrayRef, MetaArray)):
             found.append((path, obj))
             continue
-        # Containers without arrays (hyper-parameters, betas...) are one value each.
-        if isinstance(obj, (dict, list, tuple)) and id(obj) in holds_arrays:
-            if id(obj) in seen or depth >= _MAX_DEPTH:
+        stored_alone = as_array_ref(obj)  # a storage saved on its own loads as a 1-D array
+        if stored_alone is not None:
+            found.append((path, stored_alone))
+            continue
+        # Containers without arrays (hyper-parameters, betas...) are one value each; the
+        # top-level dict is always listed entry by entry.
+        if isinstance(obj, (dict, list, tuple)) and (id(obj) in holds_arrays or (not path and isinstance(obj, dict))):
+            if depth >= _MAX_DEPTH:
+                raise FormatError(
+                    f"the checkpoint holds arrays nested more than {_MAX_DEPTH} containers deep (at "
+                    f"{dotted_name(path[:3])}...); nbckpt.open lists arrays down to that depth only. Load it "
+                    f"with nbckpt.load instead.")
+            if id(obj) in seen:
                 continue
             seen.add(id(obj))
             # dict.items, not obj.items: a loaded mapping's attributes are the file's.
@@ -459,13 +405,13 @@ def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
             children = [(path + (k,), v, depth + 1) for k, v in items]
             stack.extend(reversed(children))
             continue
-        values[".".join(_format_key(k) for k in path)] = obj
+        values[dotted_name(path)] = obj
     by_storage: dict[str, list[str]] = {}
     names = []
     for path, ref in found:
-        name = ".".join(_format_key(k) for k in path)
+        name = dotted_name(path)
         names.append(name)
-        if isinstance(ref, _ArrayRef):
+        if isinstance(ref, ArrayRef):
             by_storage.setdefault(ref.storage.key, []).append(name)
     records = []
     for (path, ref), name in zip(found, names):
@@ -486,5 +432,7 @@ def _index(tree: Any) -> tuple[list[Record], list[_ArrayRef], dict[str, Any]]:
             offset=ref.offset // itemsize if itemsize else 0,
             strides=tuple(s // itemsize for s in ref.strides) if ref.strides is not None else (),
             shares=tuple(n for n in by_storage[ref.storage.key] if n != name),
+            shard=ref.storage.shard,
+            chunks=ref.storage.chunks,
         ))
     return records, [ref for _, ref in found], values

@@ -1,49 +1,123 @@
-"""Turn a zip archive's storage records into arrays on their devices.
+"""Turn a checkpoint's storages into arrays on their devices.
 
-:class:`ZipMaterializer` is the materializer the rebuild functions call (see
-:mod:`nbckpt.pickling.rebuild`) while loading. Each storage record is checked
-against the size the pickle declares, then either read once straight into the
-memory the arrays will use (``readinto``, no intermediate ``bytes``) or, with
-``mmap``, viewed in place in the mapped file; byte-swapped if the file's byte
+:class:`StorageMaterializer` is the materializer the rebuild functions call
+(see :mod:`nbckpt.pickling.rebuild`) while loading, and that
+:class:`nbckpt.Archive` uses to read one array. It reads storages from any
+format's :class:`~nbckpt.formats.base.StorageSource` (the ``data/<key>``
+records of a zip archive, byte ranges of a legacy or safetensors file, the
+members of an ``.npz``). Each storage is checked against the size the file
+declares, then either read once straight into the memory the arrays will use
+(``readinto``, no intermediate ``bytes``) or, with ``mmap``, viewed in place in
+the mapped file; byte-swapped by :func:`swap_to_native` if the file's byte
 order differs; and handed to the backend of its target device.
+
+The interface every materializer follows (this one, the recording one of
+:mod:`nbckpt.formats.recording`, and the legacy loader's) is :class:`Materializer`.
 """
 
 from __future__ import annotations
 
 import mmap as mmap_module
 import sys
-import zlib
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .backends import HOST, backend_for, device_scope, device_supports
+from .backends import HOST, backend_for, backend_of, device_scope, device_supports, is_cupy_array
 from .devices import DeviceMap, canonical_tag
 from .errors import DeviceError, FormatError
 from .format import dtypes as torch_dtypes
+from .format.dtypes import swap_bytes, swap_to_native, swap_unit
+from .formats.base import ArrayRef
+from .meta import MetaArray
 from .format import spec
-from .format.container import ZipReader
+from .format.container import ZipReader, readinto_exact
+from .format.crc import crc32
 
-__all__ = ["ZipMaterializer", "ZipSource", "swap_bytes"]
-
-
-def swap_bytes(raw: Any, unit: int) -> None:
-    """Reverse the bytes of each ``unit``-byte element of a flat uint8 array, in place."""
-    if unit <= 1 or raw.size == 0:
-        return
-    if isinstance(raw, np.ndarray):
-        raw.view(f"u{unit}").byteswap(inplace=True)
-    else:  # a CuPy array: the same, written with indexing CuPy supports, on its GPU
-        with device_scope(raw):
-            pairs = raw.reshape(-1, unit)
-            pairs[...] = pairs[:, ::-1].copy()
+__all__ = ["Materializer", "StorageMaterializer", "read_ref", "read_flat", "ZipMaterializer", "ZipSource", "RangeSource", "swap_bytes",
+           "swap_unit", "swap_to_native", "check_mapped_storage"]
 
 
-def _swap_unit(dtype: np.dtype) -> int:
-    """Bytes per swapped value: complex numbers swap each half separately."""
-    if dtype.fields is not None:  # complex32: two float16
-        return dtype.fields[next(iter(dtype.fields))][0].itemsize
-    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+class Materializer(Protocol):
+    """What the rebuild functions ask of a materializer (see :mod:`nbckpt.pickling.rebuild`).
+
+    Offsets and strides are in bytes; every view was bounds-checked before.
+    """
+
+    def storage(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
+                untyped: bool = False) -> Any:
+        """The storage ``key`` of ``numel`` elements of ``dtype``, saved on ``location``."""
+        ...
+
+    def storage_view(self, root: Any, dtype: torch_dtypes.TorchDtype, offset: int, size: int) -> Any:
+        """A slice of ``size`` elements of ``root`` from element ``offset`` (legacy files)."""
+        ...
+
+    def view(self, storage: Any, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+             strides: tuple[int, ...]) -> Any:
+        """An array over ``storage``."""
+        ...
+
+    def empty(self, storage: Any, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+        """An array of size 0."""
+        ...
+
+    def defer_until_filled(self, array: Any, compute: Callable[[Any], Any]) -> Any:
+        """``compute(array)`` (torch's conj/neg bits), now or once the data is in."""
+        ...
+
+    def sparse(self, layout: str, parts: Any) -> Any:
+        """A sparse matrix of ``layout`` from torch's parts (built, deferred or described)."""
+        ...
+
+
+def check_mapped_storage(result: Any, nbytes: int, what: str) -> Any:
+    """The backend of an array a ``map_location`` function returned; DeviceError if unusable.
+
+    The one check of a callable ``map_location``'s result (every format): a
+    contiguous 1-D NumPy or CuPy array of exactly ``nbytes`` bytes.
+    """
+    if not (isinstance(result, np.ndarray) or is_cupy_array(result)):
+        raise DeviceError(
+            f"map_location function returned a {type(result).__module__}.{type(result).__qualname__} "
+            f"for {what}; expected a NumPy or CuPy array (or None for the default)"
+        )
+    if result.nbytes != nbytes or result.ndim != 1 or not result.flags.c_contiguous:
+        raise DeviceError(
+            f"map_location function returned {type(result).__name__} for {what}; it must "
+            f"return a contiguous 1-D array of {nbytes} bytes (or None for the default)"
+        )
+    return backend_of(result)
+
+
+class RangeSource:
+    """Storages stored as byte ranges of one file: ``key -> (offset, nbytes)``.
+
+    Used by formats whose storages lie at known offsets (legacy streams and tar
+    files, safetensors). ``mapped`` is an mmap of the whole file, or None.
+    """
+
+    def __init__(self, stream: Any, ranges: dict[str, tuple[int, int]], *,
+                 mapped: mmap_module.mmap | None = None, what: str = "storage") -> None:
+        self._stream, self._ranges, self._mapped, self._what = stream, ranges, mapped, what
+
+    def _range(self, key: str) -> tuple[int, int]:
+        try:
+            return self._ranges[key]
+        except KeyError:
+            raise FormatError(f"{self._what} {key!r} is not in the file", record=key) from None
+
+    def size(self, key: str) -> int:
+        return self._range(key)[1]
+
+    def host_bytes(self, key: str, nbytes: int, backend: Any, *, mapped_ok: bool) -> np.ndarray:
+        offset, _size = self._range(key)
+        if self._mapped is not None and mapped_ok:
+            return np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
+        host = backend.host_buffer(nbytes)
+        self._stream.seek(offset)
+        readinto_exact(self._stream, host, f"{self._what} {key}")
+        return host
 
 
 class ZipSource:
@@ -73,7 +147,7 @@ class ZipSource:
             offset = self._reader.data_offset(name)
             mapped = np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
             if self._verify:
-                self._reader.check_crc(name, zlib.crc32(mapped))
+                self._reader.check_crc(name, crc32(mapped))
             return mapped
         host = np.empty(nbytes, dtype=np.uint8) if backend is HOST else backend.host_buffer(nbytes)
         if not self._skip_data:
@@ -83,13 +157,13 @@ class ZipSource:
         return host
 
 
-class ZipMaterializer:
+class StorageMaterializer:
     """Reads storages of a checkpoint and places them per ``map_location``.
 
-    ``source`` gives each storage's bytes (a zip reader wrapped in
-    :class:`ZipSource`, or buffers a legacy loader read already).
-    ``skip_data`` allocates storages without reading them (their content is
-    undefined). With a mapped source, storages are views of the file's mapping,
+    ``source`` gives each storage's bytes (a
+    :class:`~nbckpt.formats.base.StorageSource`; a bare ``ZipReader`` is wrapped
+    in :class:`ZipSource`). ``skip_data`` allocates storages without reading
+    them (their content is undefined). With a mapped source, storages are views of the file's mapping,
     read-only or copy-on-write as it was opened. ``moved`` maps saved tags to the
     tags ``"auto"`` sent them to instead; ``raw_dtypes`` names the dtypes that
     had to stay raw bits on a GPU.
@@ -126,9 +200,7 @@ class ZipMaterializer:
             backend, storage = self._storage_by_function(key, dtype, nbytes, location)
         else:
             backend = self.backend_for_location(location)
-            host = self._source.host_bytes(key, nbytes, backend, mapped_ok=not self._swap)
-            if self._swap and dtype.itemsize > 1 and not self._skip_data:
-                swap_bytes(host, _swap_unit(dtype.numpy))
+            host = self._host_bytes(key, nbytes, backend, dtype)
             storage = backend.from_host(host.view(dtype.numpy))
         self._backends[id(storage)] = backend
         if self._swap and untyped:
@@ -141,7 +213,7 @@ class ZipMaterializer:
         if self._pending_swap and id(storage) in self._pending_swap:
             del self._pending_swap[id(storage)]
             if not self._skip_data:
-                swap_bytes(_flat_bytes(storage), _swap_unit(dtype))
+                swap_to_native(_flat_bytes(storage), dtype)
         backend = self._backends[id(storage)]
         if backend is not HOST:
             self._note_raw(backend, dtype)
@@ -151,6 +223,31 @@ class ZipMaterializer:
         backend = self._backends[id(storage)]
         self._note_raw(backend, dtype)
         return backend.empty(dtype, shape)
+
+    def storage_view(self, root: Any, dtype: torch_dtypes.TorchDtype, offset: int, size: int) -> Any:
+        view = root[offset : offset + size]
+        self._backends[id(view)] = self.backend_of(root)
+        return view
+
+    def defer_until_filled(self, array: Any, compute: Callable[[Any], Any]) -> Any:
+        """The data is in already: compute now."""
+        return compute(array)
+
+    def sparse(self, layout: str, parts: Any) -> Any:
+        """A scipy.sparse (or cupyx) matrix from torch's parts, invariants checked."""
+        from . import sparse  # scipy is imported there, only when a file has sparse tensors
+
+        return sparse.from_torch_parts(layout, parts)
+
+    def _host_bytes(self, key: str, nbytes: int, backend: Any, dtype: torch_dtypes.TorchDtype) -> np.ndarray:
+        """The storage's bytes in host memory, in native order (unread with ``skip_data``)."""
+        if self._skip_data:
+            self._source.size(key)  # the storage must exist
+            return np.empty(nbytes, dtype=np.uint8) if backend is HOST else backend.host_buffer(nbytes)
+        host = self._source.host_bytes(key, nbytes, backend, mapped_ok=not self._swap)
+        if self._swap and dtype.itemsize > 1:  # untyped storages swap at their first view
+            swap_to_native(host, dtype.numpy)
+        return host
 
     def _note_raw(self, backend: Any, dtype: np.dtype) -> None:
         """Remember dtypes a GPU can only hold as raw bits (for one warning per load)."""
@@ -183,23 +280,12 @@ class ZipMaterializer:
 
     def _storage_by_function(self, key: str, dtype: torch_dtypes.TorchDtype, nbytes: int,
                              location: str) -> tuple[Any, Any]:
-        name = f"data/{key}"
-        host = self._source.host_bytes(key, nbytes, HOST, mapped_ok=not self._swap)
-        if self._swap and dtype.itemsize > 1 and not self._skip_data:
-            swap_bytes(host, _swap_unit(dtype.numpy))
-        typed = host.view(dtype.numpy)
+        typed = self._host_bytes(key, nbytes, HOST, dtype).view(dtype.numpy)
         result = self._device_map.function(typed, location)  # type: ignore[misc]
         if result is None:
             backend = self.backend_for_location(location)
             return backend, backend.from_host(typed)
-        backend = HOST if isinstance(result, np.ndarray) else _backend_of_array(result)
-        if (getattr(result, "nbytes", None) != nbytes or getattr(result, "ndim", None) != 1
-                or not result.flags.c_contiguous):
-            raise DeviceError(
-                f"map_location function returned {type(result).__name__} for {name}; it must "
-                f"return a contiguous 1-D array of {nbytes} bytes (or None for the default)"
-            )
-        return backend, result
+        return check_mapped_storage(result, nbytes, f"storage {key}"), result
 
 
 def _flat_bytes(storage: Any) -> Any:
@@ -207,11 +293,41 @@ def _flat_bytes(storage: Any) -> Any:
     return storage.view(np.uint8) if storage.dtype != np.uint8 else storage
 
 
-def _backend_of_array(array: Any) -> Any:
-    """The backend that owns an array returned by a map_location function."""
-    if type(array).__module__.startswith("cupy"):
-        return backend_for(f"cuda:{array.device.id}")
-    raise DeviceError(
-        f"map_location function returned a {type(array).__module__}.{type(array).__qualname__}; "
-        f"expected a NumPy or CuPy array (or None)"
-    )
+#: The former name of :class:`StorageMaterializer` (it reads every format now).
+ZipMaterializer = StorageMaterializer
+
+
+def read_flat(refs: dict[str, Any], source: Any, device_map: DeviceMap, *, byteorder: str = "little",
+              skip_data: bool = False) -> dict[str, Any]:
+    """``{name: array}`` for a flat ``{name: ArrayRef}`` (formats without a pickle: safetensors,
+    sharded checkpoints, npz); other values are kept as they are."""
+    materializer = StorageMaterializer(source, device_map, byteorder=byteorder, skip_data=skip_data)
+    storages: dict[str, Any] = {}
+    return {name: read_ref(ref, materializer, storages) if isinstance(ref, (ArrayRef, MetaArray)) else ref
+            for name, ref in refs.items()}
+
+
+def read_ref(ref: Any, materializer: Any, storages: dict[str, Any]) -> Any:
+    """The array an :class:`~nbckpt.formats.base.ArrayRef` describes, read by ``materializer``.
+
+    ``storages`` caches the storages read so far by key: arrays of one storage
+    read through the same dict share memory, as they did in the file. A
+    ``MetaArray`` is returned as it is.
+    """
+    from .pickling.rebuild import transform_covered
+
+    if isinstance(ref, MetaArray):
+        return ref
+    sref = ref.storage
+    storage = storages.get(sref.key)
+    if storage is None:
+        storage = storages[sref.key] = materializer.storage(sref.key, sref.dtype, sref.numel, sref.location,
+                                                            sref.untyped)
+    if ref.strides is None:
+        array = materializer.empty(storage, ref.dtype, ref.shape)
+    else:
+        array = materializer.view(storage, ref.dtype, ref.offset, ref.shape, ref.strides)
+    if ref.transforms:
+        with device_scope(array):
+            array = transform_covered(array, "conj" in ref.transforms, "neg" in ref.transforms)
+    return array

@@ -1,76 +1,24 @@
-"""Plain-text and HTML summaries of an archive's records (pure functions).
+"""Former home of the record tables: now :mod:`nbckpt.display.tables` (kept so old imports work).
 
-Used by ``Archive._repr_html_``, the ``%ckpt`` magics and the command line.
-
-    >>> print(format_bytes(1536), format_bytes(3 * 2**30))
-    1.5 KiB 3.0 GiB
+    >>> from nbckpt.summary import format_bytes
+    >>> format_bytes(2048)
+    '2.0 KiB'
 """
 
 from __future__ import annotations
 
-import html
-from typing import Any, Iterable, Sequence
+from .display.tables import (  # noqa: F401 - re-exported
+    RECORD_COLUMNS,
+    SHARD_COLUMNS,
+    format_bytes,
+    format_shape,
+    record_columns,
+    record_rows,
+    records_html,
+    records_text,
+    table_html,
+    table_text,
+)
 
-__all__ = ["format_bytes", "format_shape", "record_rows", "records_text", "records_html", "table_html", "table_text"]
-
-RECORD_COLUMNS = ("name", "shape", "dtype", "device", "size", "shared with")
-
-
-def format_bytes(n: int) -> str:
-    """``1.5 KiB``: sizes as people read them."""
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024 or unit == "PiB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
-def format_shape(shape: Sequence[int]) -> str:
-    """``(3, 4)``; ``()`` for 0-d arrays."""
-    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def record_rows(records: Iterable[Any]) -> list[tuple[str, ...]]:
-    """One row of strings per record, in :data:`RECORD_COLUMNS` order."""
-    return [
-        (r.name or "(root)", format_shape(r.shape), str(r.dtype), r.location, format_bytes(r.nbytes),
-         ", ".join(r.shares))
-        for r in records
-    ]
-
-
-def table_text(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A fixed-width text table."""
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def table_html(columns: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "") -> str:
-    """An HTML table (cells escaped)."""
-    head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-        for row in rows
-    )
-    cap = f"<caption style='text-align:left'>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def records_text(records: Iterable[Any]) -> str:
-    return table_text(RECORD_COLUMNS, record_rows(records))
-
-
-def records_html(archive: Any, limit: int = 500) -> str:
-    """The records of an archive as an HTML table (the first ``limit`` of them)."""
-    records = list(archive.records)
-    shown = records[:limit]
-    caption = f"{archive.source}: {len(records)} arrays"
-    if len(records) > limit:
-        caption += f" (first {limit} shown)"
-    return table_html(RECORD_COLUMNS, record_rows(shown), caption)
+__all__ = ["RECORD_COLUMNS", "SHARD_COLUMNS", "record_columns", "format_bytes", "format_shape", "record_rows", "records_text", "records_html",
+           "table_html", "table_text"]

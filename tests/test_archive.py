@@ -59,7 +59,8 @@ def test_open_reads_no_storage_byte_and_one_array_reads_its_storage(training_sta
     with nbckpt.open(f) as archive:
         reads = [r for r in f.ranges if r[1] > r[0]]
         assert not any(overlaps(rng, r) for rng in ranges.values() for r in reads)
-        assert sum(b - a for a, b in reads) < len(data) // 2
+        # The directory, the small records and the sniffed first bytes: nothing else.
+        assert sum(b - a for a, b in reads) < len(data) - sum(b - a for a, b in ranges.values()) + 128
         f.ranges.clear()
         record = archive.record("model.2.weight")
         value = archive["model.2.weight"]
@@ -127,8 +128,7 @@ def test_info_lists_refused_globals_without_running_them(tmp_path):
     with pytest.raises(nbckpt.UnpicklingError):
         nbckpt.open(path)
     with nbckpt.open(path, weights_only=False) as archive:
-        assert archive.info.refused_globals == ["collections.defaultdict", "builtins.list"] or \
-            "collections.defaultdict" in archive.info.refused_globals
+        assert archive.info.refused_globals == ["collections.defaultdict", "builtins.list"]
 
 
 def test_map_location_and_errors_on_archive():
@@ -190,4 +190,33 @@ def test_remapped_archive_shares_the_file_and_loads_elsewhere(tmp_path, fake_cup
     on_gpu.close()  # closes nothing: the file belongs to the archive it came from
     np.testing.assert_array_equal(archive["w"], np.arange(3.0))
     archive.close()
-    assert archive._stream.closed
+    assert archive.closed and not on_gpu.closed
+
+
+def test_star_import_keeps_the_builtin_open():
+    namespace: dict = {}
+    exec("from nbckpt import *", namespace)
+    assert "open" not in namespace and "load" in namespace and "Archive" in namespace
+    assert nbckpt.open is nbckpt.archive.open
+
+
+def test_arrays_nested_too_deep_are_refused_not_left_out():
+    deep: object = np.ones(2)
+    for _ in range(205):
+        deep = [deep]
+    buf = io.BytesIO()
+    nbckpt.save({"deep": deep, "x": np.zeros(1)}, buf)
+    with pytest.raises(nbckpt.FormatError, match="nested more than 200 containers deep"):
+        nbckpt.open(io.BytesIO(buf.getvalue()))
+    shallow_config = {"cfg": [[[[1]]]] , "w": np.ones(1)}
+    buf = io.BytesIO()
+    nbckpt.save(shallow_config, buf)
+    with nbckpt.open(io.BytesIO(buf.getvalue())) as archive:
+        assert archive.values["cfg"] == [[[[1]]]]
+
+
+def test_a_checkpoint_without_arrays_lists_its_top_level_entries():
+    buf = io.BytesIO()
+    nbckpt.save({"epoch": 3, "config": {"lr": 0.1}}, buf)
+    with nbckpt.open(io.BytesIO(buf.getvalue())) as archive:
+        assert archive.records == [] and archive.values == {"epoch": 3, "config": {"lr": 0.1}}

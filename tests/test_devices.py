@@ -21,27 +21,12 @@ import pytest
 import torch
 
 import nbckpt
-from gpu_helpers import fake_cupy, no_cupy, relocate, rewrite_checkpoint  # noqa: F401 - fixtures
+from gpu_helpers import (fake_cupy, load, no_cupy, relocate, rewrite_checkpoint,  # noqa: F401 - fixtures
+                         save_bytes, torch_bytes)
 
 W = np.arange(24, dtype=np.float32).reshape(4, 6)
 B = np.arange(5, dtype=np.int64) - 2
 EXPECTED = {"w": W, "wT": W.T, "row": W[1], "cols": W[:, 1::2], "b": B}
-
-
-def save_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    nbckpt.save(obj, buf)
-    return buf.getvalue()
-
-
-def load(data: bytes, **kwargs):
-    return nbckpt.load(io.BytesIO(data), **kwargs)
-
-
-def torch_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 def storage_records(data: bytes) -> list[str]:
@@ -131,7 +116,7 @@ def test_real_cupy_on_a_machine_without_a_gpu(tmp_path):
     """
     pytest.importorskip("cupy")
     path = tmp_path / "gpu.pt"
-    path.write_bytes(relocate(_small_checkpoint(), "cuda:0"))
+    path.write_bytes(relocate(save_bytes({"w": np.arange(6, dtype=np.float32)}), "cuda:0"))
     code = f"""
 import warnings, nbckpt, cupy
 try:
@@ -160,12 +145,6 @@ print(type(out["w"]).__module__, [str(w.message) for w in caught])
     assert "map_location='cpu'" in lines[1]
     module, warned = lines[2].split(" ", 1)
     assert module == "numpy" and "cuda:0 -> cpu" in warned, lines[2]
-
-
-def _small_checkpoint() -> bytes:
-    buffer = io.BytesIO()
-    nbckpt.save({"w": np.arange(6, dtype=np.float32)}, buffer)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------
@@ -357,7 +336,8 @@ def test_archive_arrays_of_one_storage_share_gpu_memory(fake_cupy):
     data = gpu_file(fake_cupy)
     with nbckpt.open(io.BytesIO(data), map_location="cuda:1") as archive:
         row, w = archive["row"], archive["w"]
-        assert row.data.mem is w.data.mem
+        # one allocation: row views w's memory (W[1] starts one row in)
+        assert row.data.ptr == w.data.ptr + W[0].nbytes
         assert allocated(fake_cupy) == {0: 0, 1: W.nbytes}
 
 
@@ -550,3 +530,42 @@ def test_float8_e5m2_holds_raw_bits_on_gpus(fake_cupy):
     assert out.dtype == np.uint8 and out.device.id == 1
     np.testing.assert_array_equal(out.get(), _bits(tensor))
     assert any("float8_e5m2" in str(w.message) for w in caught)
+
+
+def test_open_archive_keeps_no_gpu_memory_alive(fake_cupy):
+    """The archive's storage cache holds GPU storages weakly (CuPy memory takes no weak references)."""
+    import gc
+
+    data = gpu_file(fake_cupy)
+    with nbckpt.open(io.BytesIO(data), map_location="cuda:1") as archive:
+        w = archive["w"]
+        address = w.data.ptr
+        assert address in fake_cupy.cuda._buffers
+        assert archive["row"].data.ptr == address + W[0].nbytes  # while w lives, the cache is used
+        del w
+        gc.collect()
+        assert address not in fake_cupy.cuda._buffers  # freed although the archive is open
+
+
+@pytest.mark.parametrize("kind", ["legacy", "safetensors"])
+def test_other_formats_read_onto_gpus_through_open(fake_cupy, tmp_path, kind):
+    """Every reader hands its bytes to the same materializer: map_location works for all formats."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "w.bin"
+    if kind == "legacy":
+        buf = io.BytesIO()
+        torch.save({"w": torch.from_numpy(w)}, buf, _use_new_zipfile_serialization=False)
+        path.write_bytes(buf.getvalue().replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:1", 1))
+        where = None  # back to the saved GPU
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"w": w}, str(path))
+        where = "cuda:1"
+    with nbckpt.open(path, map_location=where) as archive:
+        assert archive.record("w").location == ("cuda:1" if kind == "legacy" else "cpu")
+        got = archive["w"]
+        assert isinstance(got, fake_cupy.ndarray) and got.device.id == 1
+        np.testing.assert_array_equal(got.get(), w)
+    loaded = nbckpt.load(path, map_location=where)["w"]
+    assert loaded.device.id == 1 and allocated(fake_cupy)[0] == 0

@@ -1,22 +1,54 @@
 """Backends turn host bytes into arrays on a device: NumPy (host) and CuPy (GPUs).
 
-Both implement one small interface (``from_host``, ``view``, ``empty``,
-``owns``); they differ only in where the memory lives. The CuPy backend is
-imported on first use, never by ``import nbckpt``.
+Both implement one declared interface, :class:`Backend`; they differ only in
+where the memory lives. The CuPy backend is imported on first use, never by
+``import nbckpt``. ``tests/test_devices.py`` runs one contract test over every
+implementation (NumPy, the CuPy test double, and real CuPy on a GPU).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import DeviceError
 from .numpy import NumpyBackend
 
-__all__ = ["NumpyBackend", "backend_for", "backend_of", "gpu_count", "is_cupy_array", "device_scope",
+__all__ = ["Backend", "NumpyBackend", "backend_for", "backend_of", "gpu_count", "is_cupy_array", "device_scope",
            "device_supports", "HOST"]
+
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where arrays live: turns host bytes into arrays there, and back (for saving).
+
+    Loading: ``host_buffer`` (memory to read a storage into), ``from_host``
+    (the storage for those bytes, on this device), ``view`` and ``empty``
+    (arrays over a storage, offsets and strides in bytes), ``root`` and
+    ``storage_from_root`` (what keeps a storage's memory alive, held weakly by
+    :class:`nbckpt.Archive`'s cache, and the storage rebuilt from it).
+    Saving: ``location``, ``memory``, ``span``, ``contiguous``, ``to_host``.
+    """
+
+    tag: str
+
+    def host_buffer(self, nbytes: int) -> np.ndarray: ...
+    def from_host(self, host: np.ndarray) -> Any: ...
+    def view(self, storage: Any, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+             strides: tuple[int, ...]) -> Any: ...
+    def empty(self, dtype: np.dtype, shape: tuple[int, ...]) -> Any: ...
+    def root(self, storage: Any) -> Any: ...
+    def storage_from_root(self, root: Any, dtype: np.dtype, nbytes: int) -> Any: ...
+    def location(self, array: Any) -> str: ...
+    def memory(self, array: Any) -> tuple[object, int]: ...
+    def span(self, owner: Any, address: int, nbytes: int) -> Any: ...
+    def contiguous(self, array: Any, dtype: np.dtype) -> Any: ...
+    def to_host(self, array: Any) -> np.ndarray: ...
+
 
 HOST = NumpyBackend()
 

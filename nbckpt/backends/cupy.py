@@ -70,9 +70,23 @@ class CupyBackend:
         """Copy a host storage (1-D) to this GPU."""
         cupy = self._cupy
         with cupy.cuda.Device(self.index):
-            raw = cupy.empty(host.nbytes, dtype=np.uint8)
+            raw = self._owned(cupy.empty(host.nbytes, dtype=np.uint8))
             raw.set(host.view(np.uint8))
             return raw.view(host.dtype) if device_supports(host.dtype) else raw
+
+    def _owned(self, raw):
+        """``raw`` (a fresh allocation) seen through memory a :class:`_StorageOwner` keeps alive.
+
+        CuPy's memory objects take no weak references (they are ``cdef``
+        classes), but :class:`nbckpt.Archive` must hold each storage weakly, or
+        its cache would keep GPU memory alive as long as it is open. Arrays made
+        from the storage hold the owner (through ``UnownedMemory``); the cache
+        holds it weakly (:meth:`root`).
+        """
+        cupy = self._cupy
+        owner = _StorageOwner(raw)
+        memory = cupy.cuda.UnownedMemory(raw.data.ptr, raw.nbytes, owner, self.index)
+        return cupy.ndarray((raw.nbytes,), dtype=np.uint8, memptr=cupy.cuda.MemoryPointer(memory, 0))
 
     def view(self, storage, dtype: np.dtype, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...]):
@@ -84,9 +98,6 @@ class CupyBackend:
         cupy = self._cupy
         with cupy.cuda.Device(self.index):
             return cupy.empty(shape, dtype=_device_dtype(dtype))
-
-    def owns(self, array: object) -> bool:
-        return type(array).__module__.startswith("cupy")
 
     # -- what saving needs ---------------------------------------------------------------
 
@@ -108,19 +119,38 @@ class CupyBackend:
             return self._cupy.ascontiguousarray(array, dtype=dtype).reshape(-1)
 
     def root(self, storage):
-        """What keeps a storage's memory alive: views made with ``memptr`` hold only it."""
-        return storage.data.mem
+        """What keeps a storage's memory alive and can be held weakly: its :class:`_StorageOwner`.
+
+        Storages a ``map_location`` function returned have none: their memory
+        object is returned (not weakly referenceable, so the archive keeps it).
+        """
+        memory = storage.data.mem
+        owner = memory._owner if isinstance(memory, self._cupy.cuda.UnownedMemory) else None
+        return owner if isinstance(owner, _StorageOwner) else memory
 
     def storage_from_root(self, root, dtype: np.dtype, nbytes: int):
         cupy = self._cupy
         with cupy.cuda.Device(self.index):
-            raw = cupy.ndarray((nbytes,), dtype=np.uint8, memptr=cupy.cuda.MemoryPointer(root, 0))
+            if isinstance(root, _StorageOwner):
+                memory = cupy.cuda.UnownedMemory(root.raw.data.ptr, nbytes, root, self.index)
+            else:
+                memory = root
+            raw = cupy.ndarray((nbytes,), dtype=np.uint8, memptr=cupy.cuda.MemoryPointer(memory, 0))
             return raw.view(dtype) if dtype != np.uint8 else raw
 
     def to_host(self, array) -> np.ndarray:
         """Copy a device storage to host memory once, for writing."""
         with self._cupy.cuda.Device(self.index):
             return array.get()
+
+
+class _StorageOwner:
+    """Owns one storage's device allocation (``raw``); weakly referenceable."""
+
+    __slots__ = ("raw", "__weakref__")
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
 
 
 def _device_dtype(dtype: np.dtype) -> np.dtype:

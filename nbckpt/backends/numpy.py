@@ -42,9 +42,6 @@ class NumpyBackend:
         """An array of size 0."""
         return np.empty(shape, dtype=dtype)
 
-    def owns(self, array: object) -> bool:
-        return isinstance(array, np.ndarray)
-
     # -- what saving needs ---------------------------------------------------------------
 
     def location(self, array: np.ndarray) -> str:

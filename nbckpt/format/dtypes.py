@@ -35,6 +35,9 @@ __all__ = [
     "for_numpy",
     "complex32",
     "UNTYPED_STORAGE",
+    "swap_to_native",
+    "swap_bytes",
+    "swap_unit",
 ]
 
 #: The storage class torch pickles for dtypes saved through ``_rebuild_tensor_v3``.
@@ -175,3 +178,47 @@ def for_numpy(dtype: np.dtype) -> TorchDtype | None:
     if not dtype.isnative:
         dtype = dtype.newbyteorder("=")
     return _BY_NUMPY.get(dtype)
+
+
+# -- byte order ---------------------------------------------------------------------------
+
+
+def swap_to_native(raw: Any, dtype: np.dtype) -> None:
+    """Byte-swap a flat uint8 array of ``dtype`` values in place, from the other byte order.
+
+    The one byte-swap of nbckpt (loads of every format, and the legacy writer):
+    each scalar is reversed on its own, so a complex number swaps its real and
+    imaginary parts separately (complex32 as two float16).
+
+        >>> a = np.array([1 + 2j], np.complex64)
+        >>> raw = a.view(np.uint8).copy()
+        >>> swap_to_native(raw, a.dtype)
+        >>> raw.view(a.dtype.newbyteorder()) == a
+        array([ True])
+    """
+    swap_bytes(raw, swap_unit(dtype))
+
+
+def swap_bytes(raw: Any, unit: int) -> None:
+    """Reverse the bytes of each ``unit``-byte element of a flat uint8 array, in place."""
+    if unit <= 1 or raw.size == 0:
+        return
+    if isinstance(raw, np.ndarray):
+        raw.view(f"u{unit}").byteswap(inplace=True)
+    else:  # a CuPy array: the same, written with indexing CuPy supports, on its GPU
+        from ..backends import device_scope
+
+        with device_scope(raw):
+            pairs = raw.reshape(-1, unit)
+            pairs[...] = pairs[:, ::-1].copy()
+
+
+def swap_unit(dtype: np.dtype) -> int:
+    """Bytes per swapped scalar: complex numbers swap each half separately.
+
+        >>> swap_unit(np.dtype(np.complex128)), swap_unit(complex32), swap_unit(np.dtype("u8"))
+        (8, 2, 8)
+    """
+    if dtype.fields is not None:  # complex32: two float16
+        return dtype.fields[next(iter(dtype.fields))][0].itemsize
+    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize

@@ -17,7 +17,7 @@ checkpoint is, back to back with no padding::
 0.4). Several checkpoints and other pickles may follow one another in a stream.
 
 Tar format (torch 0.1 to 0.3), a tar archive with members ``sys_info``,
-``pickle``, ``tensors`` and ``storages``; see :mod:`nbckpt.legacy_loader`.
+``pickle``, ``tensors`` and ``storages``; see :mod:`nbckpt.formats.legacy_parse`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from ..errors import FormatError
+from .dtypes import swap_to_native
 
 __all__ = [
     "MAGIC_NUMBER",
@@ -131,9 +132,9 @@ def write_stream(write, data_pkl: bytes, storages) -> None:
         write(struct.pack("<q", numel))
         data = storage.host_bytes()
         if sys.byteorder == "big" and storage.dtype.itemsize > 1:
-            # The format is little-endian whatever wrote it.
-            unit = storage.dtype.itemsize // (2 if storage.dtype.numpy.kind == "c" else 1)
-            data = np.ascontiguousarray(data).view(f"u{unit}").byteswap().view(np.uint8)
+            # The format is little-endian whatever wrote it (complex32 included).
+            data = np.array(data, dtype=np.uint8).reshape(-1)
+            swap_to_native(data, storage.dtype.numpy)
         if data.size:
             write(memoryview(data))
 

@@ -8,6 +8,8 @@
   CUDA does, when there is no device);
 - device allocations (``cupy.cuda.Memory``): device N's live at the fake
   addresses N * 2**40 + k and are backed by NumPy byte buffers;
+  ``cupy.cuda.UnownedMemory(ptr, size, owner)`` (memory an ``owner`` keeps
+  alive); like CuPy's ``cdef`` classes, memory objects take no weak references;
   ``cupy.cuda.MemoryPointer(mem, offset)`` with ``.ptr``, ``.mem`` and ``+ int``;
 - ``ndarray(shape, dtype, memptr=, strides=)``: a view of an allocation, with
   ``data``, ``device``, ``base``, ``flags``, ``view``, ``reshape``, slicing,
@@ -33,7 +35,7 @@ import types
 import numpy as np
 
 from . import cuda, cupyx
-from .cuda import Memory, MemoryPointer, runtime
+from .cuda import Memory, MemoryPointer, UnownedMemory, runtime
 
 _allocations = cuda._allocations
 _transfers: list[tuple[str, int, int]] = []

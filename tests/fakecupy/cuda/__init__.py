@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import runtime
@@ -9,6 +11,8 @@ from . import runtime
 #: Every allocation, per device: its size in bytes (reset by fakecupy.reset()).
 _allocations: dict[int, list[int]] = {}
 _next_address: dict[int, int] = {}
+#: The bytes behind each live allocation, by address (for UnownedMemory).
+_buffers: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
 
 
 class Device:
@@ -40,7 +44,12 @@ class Device:
 
 
 class Memory:
-    """One allocation on the current device: fake address ``ptr``, NumPy bytes behind it."""
+    """One allocation on the current device: fake address ``ptr``, NumPy bytes behind it.
+
+    Like CuPy's memory classes (``cdef`` classes), it takes no weak references.
+    """
+
+    __slots__ = ("device_id", "size", "ptr", "_buffer")
 
     def __init__(self, size: int) -> None:
         device = runtime.getDevice()
@@ -51,11 +60,31 @@ class Memory:
         self.ptr = _next_address.setdefault(device, device * 2**40 + 2**20)
         _next_address[device] += max(512, -(-self.size // 512) * 512)
         self._buffer = np.zeros(self.size, dtype=np.uint8)
+        _buffers[self.ptr] = self._buffer
         _allocations.setdefault(device, []).append(self.size)
+
+
+class UnownedMemory:
+    """``cupy.cuda.UnownedMemory(ptr, size, owner, device_id)``: memory kept alive by ``owner``.
+
+    Here ``ptr`` must be the start of a live allocation (what nbckpt passes).
+    No weak references, as in CuPy.
+    """
+
+    __slots__ = ("device_id", "size", "ptr", "_buffer", "_owner")
+
+    def __init__(self, ptr: int, size: int, owner: object, device_id: int = -1) -> None:
+        buffer = _buffers.get(int(ptr))
+        if buffer is None or int(size) > buffer.size:
+            raise ValueError("fakecupy: UnownedMemory must start at a live allocation and fit in it")
+        self.ptr, self.size, self._owner, self._buffer = int(ptr), int(size), owner, buffer
+        self.device_id = int(device_id) if device_id >= 0 else int(ptr) >> 40
 
 
 class MemoryPointer:
     """The address ``mem.ptr + offset`` inside ``mem``."""
+
+    __slots__ = ("mem", "ptr", "device_id")
 
     def __init__(self, mem: Memory, offset: int) -> None:
         self.mem, self.ptr, self.device_id = mem, mem.ptr + int(offset), mem.device_id

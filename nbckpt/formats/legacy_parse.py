@@ -19,15 +19,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backends import HOST, backend_of
-from .devices import DeviceMap
-from .errors import DeviceError, FormatError
-from .format import dtypes as torch_dtypes
-from .format import legacy as spec
-from .format.container import readinto_exact
-from .materialize import ZipMaterializer
-from .pickling.rebuild import Rebuilder, _ascii
-from .pickling.run import run_unpickler
+from ..backends import HOST
+from ..devices import DeviceMap
+from ..errors import FormatError
+from ..format import dtypes as torch_dtypes
+from ..format import legacy as spec
+from ..format.container import readinto_exact
+from ..materialize import StorageMaterializer, check_mapped_storage, swap_to_native
+from ..pickling.rebuild import Rebuilder, _ascii
+from ..pickling.run import run_unpickler
 
 __all__ = ["load_stream", "load_tar", "stream_pickles", "tar_pickles"]
 
@@ -39,7 +39,7 @@ class _NoSource:
         raise AssertionError(key)
 
 
-class _FillLaterMaterializer(ZipMaterializer):
+class _FillLaterMaterializer(StorageMaterializer):
     """Allocates storages when the pickle names them; their bytes come afterwards.
 
     ``storages`` maps each root key to ``(storage, dtype, numel)``; storage views
@@ -60,8 +60,8 @@ class _FillLaterMaterializer(ZipMaterializer):
         # Storages are allocated before their data is read: refuse sizes the file cannot hold.
         if nbytes > self._budget:
             raise FormatError(
-                f"storage {key!r} declares {nbytes} bytes, but only {self._budget} bytes of the file "
-                f"are left for storage data: the file is truncated or lies"
+                f"storage {key!r} declares {shown_int(nbytes)} bytes, but only {self._budget} bytes of the "
+                f"file are left for storage data: the file is truncated or lies"
             )
         self._budget -= nbytes
         if self._device_map.mode == "callable":
@@ -71,21 +71,13 @@ class _FillLaterMaterializer(ZipMaterializer):
                 backend = self.backend_for_location(location)
                 storage = backend.from_host(host) if backend is not HOST else host
             else:
-                if getattr(result, "nbytes", None) != nbytes or getattr(result, "ndim", None) != 1:
-                    raise DeviceError(f"map_location function returned {type(result).__name__} for storage "
-                                      f"{key}; it must return a 1-D array of {nbytes} bytes (or None)")
-                storage, backend = result, backend_of(result)
+                storage, backend = result, check_mapped_storage(result, nbytes, f"storage {key}")
         else:
             backend = self.backend_for_location(location)
             storage = backend.from_host(np.empty(nbytes, dtype=np.uint8).view(dtype.numpy))
         self._backends[id(storage)] = backend
         self.storages[key] = (storage, dtype, numel)
         return storage
-
-    def storage_view(self, root: Any, dtype: Any, offset: int, size: int) -> Any:
-        view = root[offset : offset + size]
-        self._backends[id(view)] = self.backend_of(root)
-        return view
 
     def defer_until_filled(self, array: Any, compute: Callable[[Any], Any]) -> Any:
         """An array of ``compute(array)``'s shape now; its values once the data is read."""
@@ -104,16 +96,15 @@ class _FillLaterMaterializer(ZipMaterializer):
             host = raw
         else:  # a device storage: read into (pinned) host memory, then copy once
             backend = self.backend_of(storage)
-            make = getattr(backend, "host_buffer", None)
-            host = make(nbytes) if make else np.empty(nbytes, dtype=np.uint8)
+            host = backend.host_buffer(nbytes)
             readinto_exact(stream, host, f"storage {key}")
-        if sys.byteorder == "big" and _dtype.itemsize > 1:  # the format is little-endian
-            host.view(f"u{_dtype.itemsize}").byteswap(inplace=True)
+        if sys.byteorder == "big":  # the format is little-endian
+            swap_to_native(host, _dtype.numpy)
         if host is not raw:
             with _device(storage):
                 raw.set(host)
 
-    def defer_sparse(self, layout: str, parts: Any) -> "_DeferredSparse":
+    def sparse(self, layout: str, parts: Any) -> "_DeferredSparse":
         """Sparse matrices are checked and built once their arrays hold data."""
         placeholder = _DeferredSparse(layout, parts)
         self._sparse[id(placeholder)] = (placeholder, None)
@@ -126,13 +117,23 @@ class _FillLaterMaterializer(ZipMaterializer):
         self._deferred.clear()
         if not self._sparse:
             return result
-        from . import sparse
+        from .. import sparse
 
         built = {key: sparse.from_torch_parts(p.layout, p.parts) for key, (p, _) in self._sparse.items()}
-        return _replace(result, built, {})
+        done: dict[int, Any] = {}
+        result = _replace(result, built, done)
+        if not set(built) <= set(done):  # a placeholder _replace cannot reach (an attribute...) would escape
+            raise FormatError("a legacy sparse tensor sits where nbckpt cannot put the built matrix (an "
+                              "object's attribute, a set, a dict key): the file is corrupt or hostile")
+        return result
 
     def budget_for(self, nbytes_left: int) -> None:
         self._budget = nbytes_left
+
+
+def shown_int(n: int) -> str:
+    """An integer from a file, for a message (a hostile one may have thousands of digits)."""
+    return str(n) if abs(n) < 10**30 else "more than 10**30"
 
 
 class _DeferredSparse:
@@ -147,9 +148,14 @@ class _DeferredSparse:
 def _replace(obj: Any, built: dict[int, Any], done: dict[int, Any]) -> Any:
     """``obj`` with every placeholder in ``built`` replaced (containers edited in place)."""
     if id(obj) in built:
+        done[id(obj)] = built[id(obj)]  # seen: fill_deferred checks that every placeholder was
         return built[id(obj)]
     if id(obj) in done:
         return done[id(obj)]
+    if isinstance(obj, (set, frozenset)) or isinstance(obj, dict) and any(type(k) is _DeferredSparse for k in obj):
+        if any(type(item) is _DeferredSparse for item in obj):  # a sparse matrix is unhashable
+            raise FormatError("a legacy sparse tensor is used as a set item or a dict key; a sparse "
+                              "matrix cannot be one: the file is corrupt or hostile")
     if isinstance(obj, dict):
         done[id(obj)] = obj
         for key, value in obj.items():
@@ -167,7 +173,7 @@ def _replace(obj: Any, built: dict[int, Any], done: dict[int, Any]) -> Any:
 
 
 def _device(array: Any) -> Any:
-    from .backends import device_scope
+    from ..backends import device_scope
 
     return device_scope(array)
 
@@ -192,8 +198,13 @@ class _NoStorages:
 
 
 def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str,
-                skip_data: bool = False) -> Any:
-    """Load one pre-1.6 checkpoint at ``stream``'s position; leave the stream after it."""
+                skip_data: bool = False, recorder: Any = None) -> Any:
+    """Load one pre-1.6 checkpoint at ``stream``'s position; leave the stream after it.
+
+    With a ``recorder`` (:class:`nbckpt.formats.recording.RecordingMaterializer`)
+    nothing is read: the object comes back with array descriptions, and the
+    recorder notes where each storage's bytes are (``nbckpt.open``).
+    """
     end = _stream_end(stream)
     options = dict(weights_only=weights_only, encoding=encoding)
     start = stream.tell()
@@ -214,7 +225,11 @@ def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: 
         raise FormatError("the legacy header holds no system information dict")
     main = spec.read_pickle_bytes(stream, end, "object pickle")
 
-    materializer = _FillLaterMaterializer(device_map, budget=end - stream.tell())
+    if recorder is not None:
+        materializer = recorder
+        recorder.budget_for(end - stream.tell())
+    else:
+        materializer = _FillLaterMaterializer(device_map, budget=end - stream.tell())
     rebuilder = Rebuilder(materializer, legacy=True, modules=not weights_only)
     result = run_unpickler(main, rebuilder, materializer=materializer, **options)
 
@@ -232,7 +247,7 @@ def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: 
         stored = spec.read_int64(stream, f"size of storage {key}")
         if stored != numel:
             raise FormatError(
-                f"storage {key!r} has the wrong size: the pickle declares {numel} x {dtype.name}, "
+                f"storage {key!r} has the wrong size: the pickle declares {shown_int(numel)} x {dtype.name}, "
                 f"the data holds {stored}"
             )
         nbytes = numel * dtype.itemsize
@@ -252,25 +267,32 @@ def load_stream(stream, device_map: DeviceMap, *, weights_only: bool, encoding: 
 
 
 def load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str,
-             skip_data: bool = False) -> Any:
-    """Load a torch 0.1–0.3 tar checkpoint (members ``storages``, ``tensors``, ``pickle``)."""
+             skip_data: bool = False, recorder: Any = None) -> Any:
+    """Load a torch 0.1–0.3 tar checkpoint (members ``storages``, ``tensors``, ``pickle``).
+
+    ``recorder``: describe instead of reading, as for :func:`load_stream`.
+    """
     try:
         return _load_tar(stream, device_map, weights_only=weights_only, encoding=encoding,
-                         skip_data=skip_data)
+                         skip_data=skip_data, recorder=recorder)
     except (tarfile.TarError, EOFError) as err:
         raise FormatError(f"corrupt legacy tar checkpoint: {err}") from None
 
 
-def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str, skip_data: bool) -> Any:
+def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str, skip_data: bool,
+              recorder: Any) -> Any:
     options = dict(weights_only=weights_only, encoding=encoding)
     with tarfile.open(fileobj=_Bounded(stream), mode="r:", format=tarfile.PAX_FORMAT) as tar:
+        if recorder is not None:
+            tar.fileobject = _Unbuffered  # listing must not read ahead into the storages' data
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         for name in ("storages", "tensors", "pickle"):
             if name not in members:
                 raise FormatError(f"legacy tar checkpoint has no {name!r} member")
-        materializer = _FillLaterMaterializer(device_map, budget=0)
+        materializer = recorder if recorder is not None else _FillLaterMaterializer(device_map, budget=0)
         rebuilder = Rebuilder(materializer, legacy=True, modules=not weights_only)
         objects: dict[int, Any] = {}
+        materializer.base = members["storages"].offset_data  # where fill() offsets start
 
         # Storages come first, each followed by its data; then the list of views.
         storages = tar.extractfile(members["storages"])
@@ -330,6 +352,45 @@ def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: st
         return materializer.fill_deferred(result)
 
 
+class _Unbuffered:
+    """A tar member read in place, without a buffer in front (``TarFile.fileobject`` hook)."""
+
+    def __init__(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        self._f, self._start, self._size, self._pos = tar.fileobj, info.offset_data, info.size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        # Small steps: a line (a GLOBAL's name) must not read into the data after it.
+        left = self._size - self._pos
+        left = left if limit is None or limit < 0 else min(limit, left)
+        line = b""
+        while left > 0 and not line.endswith(b"\n"):
+            self._f.seek(self._start + self._pos)
+            chunk = self._f.read(min(16, left))
+            if not chunk:
+                break
+            end = chunk.find(b"\n")
+            chunk = chunk if end < 0 else chunk[: end + 1]
+            line += chunk
+            self._pos += len(chunk)
+            left -= len(chunk)
+        return line
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
 class _Bounded:
     """A read-only stream that refuses reads past its end *before* allocating.
 
@@ -352,6 +413,9 @@ class _Bounded:
 
     def tell(self) -> int:
         return self._stream.tell()
+
+    def seekable(self) -> bool:
+        return True
 
 
 def _count(value: Any, what: str) -> int:
@@ -377,7 +441,8 @@ def tar_pickles(stream) -> list[bytes]:
     """The object pickle of a 0.1–0.3 tar checkpoint, read without running it."""
     try:
         with tarfile.open(fileobj=_Bounded(stream), mode="r:") as tar:
-            member = tar.getmember("pickle")
+            # The member load runs: the last *regular file* named pickle (as _load_tar picks it).
+            member = {m.name: m for m in tar.getmembers() if m.isfile()}["pickle"]
             return [spec.read_pickle_bytes(tar.extractfile(member), member.size, "object pickle")]
     except (tarfile.TarError, KeyError) as err:
         raise FormatError(f"corrupt legacy tar checkpoint: {err}") from None

@@ -1,0 +1,90 @@
+"""The browser widget on a sharded checkpoint, a safetensors file and a legacy GPU-saved file,
+rendered by JupyterLab in headless Chromium (the fixtures of ``test_browser_ui.py``).
+
+With ``NBCKPT_UPDATE_DOCS=1`` the sharded checkpoint's widget is saved to
+``docs/browser-sharded.png`` (the README's picture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from test_browser_ui import ARTIFACTS, ROOT, Steps, _kernel_idle, lab, page  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.browser
+
+CELLS = [
+    """\
+import io, json, numpy as np, torch, nbckpt
+from safetensors.numpy import save_file
+from nbckpt.jupyter import ArchiveBrowser
+
+rng = np.random.default_rng(0)
+weight_map = {}
+for i in range(3):
+    shard = f"model-0000{i + 1}-of-00003.safetensors"
+    layer = {f"model.layers.{i}.mlp.weight": rng.normal(size=(48, 32)).astype(np.float32),
+             f"model.layers.{i}.mlp.bias": rng.normal(size=48).astype(np.float32)}
+    save_file(layer, shard)
+    weight_map.update(dict.fromkeys(layer, shard))
+json.dump({"metadata": {"total_size": 19_200}, "weight_map": weight_map}, open("model.safetensors.index.json", "w"))
+ArchiveBrowser("model.safetensors.index.json")
+""",
+    """\
+save_file({"embed": rng.normal(size=(100, 16)).astype(np.float16)}, "embed.safetensors", metadata={"source": "demo"})
+ArchiveBrowser("embed.safetensors")
+""",
+    """\
+buf = io.BytesIO()
+torch.save({"w": torch.ones(4, 4)}, buf, _use_new_zipfile_serialization=False)
+open("gpu_legacy.pt", "wb").write(buf.getvalue().replace(b"X\\x03\\x00\\x00\\x00cpu", b"X\\x06\\x00\\x00\\x00cuda:1", 1))
+ArchiveBrowser("gpu_legacy.pt")
+""",
+]
+
+
+def _notebook(path) -> None:
+    cells = [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [],
+              "source": code.splitlines(keepends=True)} for i, code in enumerate(CELLS)]
+    path.write_text(json.dumps({
+        "nbformat": 4, "nbformat_minor": 5, "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                     "language_info": {"name": "python"}}}, indent=1))
+
+
+def test_browser_shows_sharded_safetensors_and_legacy_gpu_files(lab, page):
+    step = Steps(page, lab)
+    _notebook(lab.root / "formats.ipynb")
+    step("open the notebook", lambda: page.goto(f"{lab.url}/lab/tree/formats.ipynb"))
+    step("wait for the notebook and its kernel", lambda: (
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), _kernel_idle(page)))
+    lab.remember_children()
+    step("close the left sidebar", lambda: page.evaluate(
+        "window.jupyterapp.commands.execute('application:toggle-left-area')"))
+    step("run all cells", lambda: page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')"))
+    step("three browsers are rendered", lambda: page.wait_for_function(
+        "() => document.querySelectorAll('.nbckpt-browser .nbckpt-records select').length === 3"))
+    browsers = page.locator(".nbckpt-browser")
+    sharded, single, legacy = browsers.nth(0), browsers.nth(1), browsers.nth(2)
+    step("the sharded header", lambda: sharded.locator(".nbckpt-header").get_by_text("sharded (3 shards)").wait_for())
+    step("the safetensors header", lambda: single.locator(".nbckpt-header").get_by_text("safetensors").first.wait_for())
+    step("the legacy header", lambda: legacy.locator(".nbckpt-header").get_by_text(
+        "legacy stream (torch < 1.6)").wait_for())
+    assert "cuda:1" in legacy.locator(".nbckpt-records select").inner_text()
+    assert sharded.locator(".nbckpt-records option").count() == 6
+    label = step("find a record", lambda: sharded.locator(
+        '.nbckpt-records option[data-value^="model.layers.1.mlp.weight%20"]').get_attribute("value"))
+    step("select it", lambda: sharded.locator(".nbckpt-records select").select_option(value=label))
+    step("its preview", lambda: sharded.locator(".nbckpt-preview").get_by_text(
+        "(48, 32) float32 on cpu, 1,536 elements, 6.0 KiB").wait_for())
+    step("the pictures are drawn", lambda: page.wait_for_function(
+        """() => { const images = document.querySelectorAll('.nbckpt-browser:first-of-type .nbckpt-preview img');
+                   return images.length >= 1 && [...images].every(i => i.complete && i.naturalWidth > 0); }"""))
+    ARTIFACTS.mkdir(exist_ok=True)
+    sharded.screenshot(path=str(ARTIFACTS / "browser-sharded.png"))
+    if os.environ.get("NBCKPT_UPDATE_DOCS"):
+        shutil.copy(ARTIFACTS / "browser-sharded.png", ROOT / "docs" / "browser-sharded.png")
