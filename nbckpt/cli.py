@@ -43,11 +43,13 @@ from .archive import Archive
 from .compare import DiffReport, diff
 from .convert import FORMATS, convert
 from .devices import MAP_TEXT_CHOICES, parse_map_text
-from .errors import DeviceError, LossyConversionError, UnpicklingError
+from .errors import DeviceError, LossyConversionError, UnpicklingError, typed_errors
 from .jupyter import stats, views
 from .meta import MetaArray
 from .remote import is_url
+from .sources import remove_stale_temporaries
 from .summary import RECORD_COLUMNS, record_rows, table_text
+from .text import EscapingWriter, escape, safe_repr
 from .verify import verify
 
 __all__ = ["main", "build_parser", "parse_storage_options", "EXIT_OK", "EXIT_FOUND", "EXIT_FAILED"]
@@ -164,38 +166,88 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output ------------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any, depth: int = 0) -> Any:
+#: Items one JSON document holds at most: a value repeated through the memo (a
+#: "billion laughs") or a huge array is cut there, with a marker saying so.
+JSON_ITEM_LIMIT = 100_000
+
+
+class _Budget:
+    """Items left for one JSON document (see :data:`JSON_ITEM_LIMIT`)."""
+
+    def __init__(self, items: int = JSON_ITEM_LIMIT) -> None:
+        self.left = items
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+_CUT = f"<cut: the output holds at most {JSON_ITEM_LIMIT} items>"
+
+
+def _jsonable(value: Any, depth: int = 0, budget: _Budget | None = None) -> Any:
     """``value`` as JSON data: NumPy scalars and arrays as numbers and lists, non-finite
-    floats as ``"nan"``/``"inf"``/``"-inf"``, complex as ``[real, imag]``, anything else as its repr."""
+    floats as ``"nan"``/``"inf"``/``"-inf"``, complex as ``[real, imag]``, ints too long
+    for JSON readers and anything else as a (bounded) repr; at most ``budget`` items."""
+    budget = budget or _Budget()
+    if not budget.take():
+        return _CUT
     if depth > 50:
-        return repr(value)
+        return safe_repr(value)
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (np.generic, np.ndarray)) and not isinstance(value, np.bool_):
+        if value.size > budget.left:
+            return f"<array of {value.size} elements: more than the output may hold>"
         if value.dtype.kind == "V" and value.dtype.fields is None:  # bfloat16, float8: as floats
             with contextlib.suppress(TypeError, ValueError):
                 value = value.astype(np.float64)
         try:
-            return _jsonable(value.tolist(), depth + 1)
+            return _jsonable(value.tolist(), depth + 1, budget)
         except (TypeError, ValueError):
-            return repr(value)
+            return safe_repr(value)
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, int):
-        return value
+        return value if value.bit_length() <= 64 else safe_repr(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else ("nan" if math.isnan(value) else "inf" if value > 0 else "-inf")
     if isinstance(value, complex):
-        return [_jsonable(value.real), _jsonable(value.imag)]
+        return [_jsonable(value.real, depth + 1, budget), _jsonable(value.imag, depth + 1, budget)]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+        out = {}
+        for k, v in dict.items(value):
+            if budget.left <= 0:
+                out[_CUT] = None
+                break
+            out[k if isinstance(k, str) else safe_repr(k)] = _jsonable(v, depth + 1, budget)
+        return out
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v, depth + 1) for v in value]
-    return repr(value)
+        out_list = []
+        for v in value:
+            if budget.left <= 0:
+                out_list.append(_CUT)
+                break
+            out_list.append(_jsonable(v, depth + 1, budget))
+        return out_list
+    return safe_repr(value)
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(_jsonable(data), indent=2, allow_nan=False))
+    print(json.dumps(_jsonable(data, budget=_Budget()), indent=2, allow_nan=False))
+
+
+def _cells(rows: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    """Rows with every cell escaped: names and values come from the file (see :mod:`nbckpt.text`)."""
+    return [tuple(escape(str(cell)) for cell in row) for row in rows]
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return table_text(columns, _cells(rows))
+
+
+def _pairs(rows: Sequence[tuple[str, str]]) -> str:
+    return views.pairs_text(_cells(rows))
 
 
 def _progress() -> bool | None:
@@ -208,8 +260,9 @@ def _warn(message: str) -> None:
 
 
 def _open(args: argparse.Namespace, f: str, *, map_location: Any = "cpu") -> Archive:
-    return Archive(f, map_location=map_location, weights_only=not getattr(args, "unsafe", False),
-                   storage_options=args.options if is_url(f) else None)
+    with typed_errors(f"opening {f}"):
+        return Archive(f, map_location=map_location, weights_only=not getattr(args, "unsafe", False),
+                       storage_options=args.options if is_url(f) else None)
 
 
 def _record_json(record: Any) -> dict[str, Any]:
@@ -231,14 +284,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
         _print_json({"file": args.file, "pattern": args.pattern, "arrays": [_record_json(r) for r in records],
                      "values": values})
         return EXIT_OK
-    caption = f"{args.file}: {len(records)} array{'' if len(records) == 1 else 's'}"
+    caption = f"{escape(args.file)}: {len(records)} array{'' if len(records) == 1 else 's'}"
     if args.pattern:
-        caption += f" matching {args.pattern}"
+        caption += f" matching {escape(args.pattern)}"
     print(caption)
     if records:
-        print(table_text(RECORD_COLUMNS, record_rows(records)))
+        print(_table(RECORD_COLUMNS, record_rows(records)))
     if values:
-        names = [name or "(root)" for name in values]
+        names = [escape(name) or "(root)" for name in values]
         shown = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
         print(f"{len(names)} other entr{'y' if len(names) == 1 else 'ies'}: {shown}")
     return EXIT_OK
@@ -255,7 +308,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             _print_json({"file": args.file, "refused": str(err),
                          "globals": [dataclasses.asdict(g) for g in found]})
         else:
-            print(views.pairs_text([("file", args.file), ("refused", str(err))] + views.globals_rows(found)))
+            print(_pairs([("file", args.file), ("refused", str(err))] + views.globals_rows(found)))
         return EXIT_FOUND
     if args.json:
         data = dataclasses.asdict(info)
@@ -264,7 +317,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         data["shared_arrays"] = sum(1 for r in records if r.shares)
         _print_json(data)
     else:
-        print(views.pairs_text(views.info_rows(info, records)))
+        print(_pairs(views.info_rows(info, records)))
     return EXIT_OK
 
 
@@ -276,21 +329,23 @@ def cmd_show(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json({"file": args.file, "name": args.name, "value": value})
             else:
-                print(f"{args.name} in {args.file}: {value!r}")
+                print(f"{escape(args.name)} in {escape(args.file)}: {safe_repr(value, 2000)}")
             return EXIT_OK
         try:
             archive.record(args.name)
         except KeyError as err:
             raise CommandError(f"{err.args[0]}. List the arrays with: nbckpt ls {args.file}") from None
-        array = archive[args.name]
-    summary = stats.array_stats(array)
+        with typed_errors(f"reading {args.name!r} from {args.file}"):
+            array = archive[args.name]
+    with typed_errors(f"summarising {args.name!r}"):
+        summary = stats.array_stats(array)
     if args.json:
         data = dataclasses.asdict(summary)
         data["first_values"] = [] if isinstance(array, MetaArray) else _first(array)
         _print_json({"file": args.file, "name": args.name, **data})
         return EXIT_OK
-    print(f"{args.name} in {args.file}")
-    print(views.pairs_text(summary.rows() + [("first values", stats.first_values(array))]))
+    print(f"{escape(args.name)} in {escape(args.file)}")
+    print(_pairs(summary.rows() + [("first values", stats.first_values(array))]))
     return EXIT_OK
 
 
@@ -308,6 +363,9 @@ def _first(array: Any, n: int = 10) -> list:
 def cmd_verify(args: argparse.Namespace) -> int:
     """``nbckpt verify FILE``; exit 1 when a problem is found."""
     report = verify(args.file, storage_options=args.options if is_url(args.file) else None, progress=_progress())
+    if not is_url(args.file):  # what saves killed mid-way (SIGKILL) left next to the file
+        for path in remove_stale_temporaries(os.path.dirname(os.path.abspath(args.file))):
+            _warn(f"removed {path}: the temporary file of a save whose process is gone")
     if args.json:
         _print_json({"file": args.file, "format": report.format, "ok": report.ok,
                      "records_checked": report.records_checked,
@@ -325,7 +383,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_diff_json(report))
     else:
-        print(report)
+        rows = report.rows()
+        print(escape(report.summary(), newlines=False) + ("\n\n" + _table(report.COLUMNS, rows) if rows else ""))
     return EXIT_OK if report.identical else EXIT_FOUND
 
 
@@ -386,6 +445,17 @@ def _message(err: BaseException, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nbckpt`` with ``argv`` (default: the command line); returns the exit status."""
+    # Everything printed goes through an escaping writer: names, values, file names
+    # and messages can come from the file, whose author must not drive the terminal.
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingWriter(sys.stdout), EscapingWriter(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"nbckpt {args.command}"

@@ -33,22 +33,38 @@ compared too.
 
 from __future__ import annotations
 
+import collections
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .archive import Archive, Record
+from .errors import FormatError, typed_errors
 from .numeric import array_module, computable, numeric_kind, to_host, to_scalar
 from .meta import MetaArray
 from .progress import progress_bar
 from .sources import is_url
 from .summary import format_shape, table_html, table_text
+from .text import safe_repr
 
-__all__ = ["diff", "DiffReport", "RecordDiff", "ValueDiff", "Difference", "array_difference", "CHUNK"]
+__all__ = ["diff", "DiffReport", "RecordDiff", "ValueDiff", "Difference", "array_difference", "path_name", "CHUNK"]
 
 #: Elements compared at a time (bounds the float64 temporaries to a few MiB).
 CHUNK = 1 << 20
+
+#: Arrays up to this many elements are always compared.
+COMPARE_ALWAYS = 1 << 24
+#: Beyond that, an array is compared only if it has at most this many elements per
+#: element its view spans in storage: a view that repeats its data (stride 0, or
+#: overlapping strides) could make a file of a few bytes take days to compare.
+#: Dimensions with stride 0 on *both* sides are compared once (and counted as often
+#: as they repeat), so equal broadcasts are always compared.
+REPEAT_LIMIT = 4
+#: Containers and items compared at most for one non-array value (a value the memo
+#: repeats many times, a "billion laughs", is compared once per distinct pair).
+VALUE_ITEM_LIMIT = 1_000_000
 
 #: Stands for "no such entry" in a :class:`ValueDiff`.
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
@@ -173,7 +189,8 @@ def diff(a: Any, b: Any, *, map_location: Any = "cpu", storage_options: dict | N
     try:
         archive_b, close_b = _as_archive(b, map_location, storage_options)
         try:
-            return _diff_archives(archive_a, archive_b, progress)
+            with typed_errors(f"comparing {archive_a.source} with {archive_b.source}"):
+                return _diff_archives(archive_a, archive_b, progress)
         finally:
             if close_b:
                 archive_b.close()
@@ -185,15 +202,19 @@ def diff(a: Any, b: Any, *, map_location: Any = "cpu", storage_options: dict | N
 def _as_archive(f: Any, map_location: Any, storage_options: dict | None) -> tuple[Archive, bool]:
     if isinstance(f, Archive):
         return f, False
-    return Archive(f, map_location=map_location, storage_options=storage_options if is_url(f) else None), True
+    with typed_errors(f"opening {f!r} to compare it"):
+        return Archive(f, map_location=map_location, storage_options=storage_options if is_url(f) else None), True
 
 
 def _diff_archives(a: Archive, b: Archive, progress: bool | None = False) -> DiffReport:
     report = DiffReport(a.source, b.source)
-    names_b = {r.name for r in b.records}
-    bar = progress_bar(sum(r.nbytes for r in a.records if r.name in names_b), "comparing", progress)
+    # Records are matched by their path (the exact keys), never by the dotted
+    # name alone: {"a.b": x} and {"a": {"b": y}} both flatten to "a.b".
+    paths_b = {r.path: r for r in b.records}
+    names = _display_names(a.records, b.records)
+    bar = progress_bar(sum(r.nbytes for r in a.records if r.path in paths_b), "comparing", progress)
     try:
-        _diff_records(a, b, names_b, report, bar)
+        _diff_records(a, b, paths_b, names, report, bar)
     finally:
         bar.close()
     for name, value in a.values.items():
@@ -208,43 +229,70 @@ def _diff_archives(a: Archive, b: Archive, progress: bool | None = False) -> Dif
     return report
 
 
-def _diff_records(a: Archive, b: Archive, names_b: set[str], report: DiffReport, bar: Any) -> None:
-    seen: set[str] = set()
+def path_name(path: tuple) -> str:
+    """A name for ``path`` that no other path shares: each key as Python writes it.
+
+        >>> path_name(("a.b",)), path_name(("a", "b")), path_name(("layers", 0))
+        ("['a.b']", "['a']['b']", "['layers'][0]")
+    """
+    return "".join(f"[{key!r}]" for key in path)
+
+
+def _display_names(*listings: list[Record]) -> dict[tuple, str]:
+    """Each record's dotted name, or its :func:`path_name` where two paths share a dotted name."""
+    paths_by_name: dict[str, set[tuple]] = {}
+    for records in listings:
+        for record in records:
+            paths_by_name.setdefault(record.name, set()).add(record.path)
+    return {record.path: record.name if len(paths_by_name[record.name]) == 1 else path_name(record.path)
+            for records in listings for record in records}
+
+
+def _diff_records(a: Archive, b: Archive, paths_b: dict[tuple, Record], names: dict[tuple, str],
+                  report: DiffReport, bar: Any) -> None:
+    seen: set[tuple] = set()
     for record_a in a.records:
-        if record_a.name in seen:
+        if record_a.path in seen:
             continue
-        seen.add(record_a.name)
-        if record_a.name not in names_b:
-            report.records.append(RecordDiff(record_a.name, "only in A", record_a, None))
+        seen.add(record_a.path)
+        name = names[record_a.path]
+        record_b = paths_b.get(record_a.path)
+        if record_b is None:
+            report.records.append(RecordDiff(name, "only in A", record_a, None))
             continue
-        found = _diff_record(a, b, record_a, b.record(record_a.name))
+        found = _diff_record(a, b, record_a, record_b, name)
         bar.update(record_a.nbytes)
         if found is None:
             report.equal_records += 1
         else:
             report.records.append(found)
     for record_b in b.records:
-        if record_b.name not in seen:
-            seen.add(record_b.name)
-            report.records.append(RecordDiff(record_b.name, "only in B", None, record_b))
+        if record_b.path not in seen:
+            seen.add(record_b.path)
+            report.records.append(RecordDiff(names[record_b.path], "only in B", None, record_b))
 
 
-def _diff_record(a: Archive, b: Archive, ra: Record, rb: Record) -> RecordDiff | None:
+def _diff_record(a: Archive, b: Archive, ra: Record, rb: Record, name: str) -> RecordDiff | None:
     shape_changed, dtype_changed = ra.shape != rb.shape, ra.dtype != rb.dtype
     if shape_changed or dtype_changed:
         change = "shape and dtype" if shape_changed and dtype_changed else "shape" if shape_changed else "dtype"
-        return RecordDiff(ra.name, change, ra, rb)
-    array_a, array_b = a[ra.name], b[rb.name]
+        return RecordDiff(name, change, ra, rb)
+    # By dotted name where it is unique (a dict lookup); by path where it is not.
+    unique = name == ra.name
+    array_a, array_b = a[ra.name if unique else ra.path], b[rb.name if unique else rb.path]
     meta_a, meta_b = isinstance(array_a, MetaArray), isinstance(array_b, MetaArray)
     if meta_a and meta_b:
         return None
     if meta_a or meta_b:
         side = "A" if meta_a else "B"
-        return RecordDiff(ra.name, "values", ra, rb, note=f"a meta tensor (no data) in {side}: values not compared")
+        return RecordDiff(name, "values", ra, rb, note=f"a meta tensor (no data) in {side}: values not compared")
+    refused = _too_repetitive(array_a, array_b)
+    if refused:
+        return RecordDiff(name, "values", ra, rb, note=refused)
     found = array_difference(array_a, array_b)
     if not found.differing:
         return None
-    return RecordDiff(ra.name, "values", ra, rb, found.differing, found.max_abs, found.max_rel, found.nan_mismatch)
+    return RecordDiff(name, "values", ra, rb, found.differing, found.max_abs, found.max_rel, found.nan_mismatch)
 
 
 def array_difference(a: Any, b: Any) -> Difference:
@@ -257,6 +305,7 @@ def array_difference(a: Any, b: Any) -> Difference:
         raise ValueError(f"arrays differ in shape or dtype: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
     if array_module(a) is not array_module(b):  # one on the host, one on a GPU
         a, b = to_host(a), to_host(b)
+    a, b, repeats = _compare_once(a, b)
     xp = array_module(a)
     kind = numeric_kind(a.dtype)
     if kind is None:  # raw bits: compare them as plain unsigned integers
@@ -272,7 +321,49 @@ def array_difference(a: Any, b: Any) -> Difference:
     total = _Totals()
     for start in range(0, int(flat_a.size), CHUNK):
         _compare_chunk(xp, kind, flat_a[start:start + CHUNK], flat_b[start:start + CHUNK], total)
-    return Difference(total.differing, total.max_abs, total.max_rel, total.nan_mismatch)
+    return Difference(total.differing * repeats, total.max_abs, total.max_rel, total.nan_mismatch * repeats)
+
+
+def _compare_once(a: Any, b: Any) -> tuple[Any, Any, int]:
+    """``a`` and ``b`` with the dimensions both repeat (stride 0) cut to one; how often they repeat."""
+    repeats = 1
+    index: list[Any] = []
+    for n, sa, sb in zip(a.shape, a.strides, b.strides):
+        if n > 1 and sa == 0 and sb == 0:
+            repeats *= int(n)
+            index.append(slice(0, 1))
+        else:
+            index.append(slice(None))
+    if repeats == 1:
+        return a, b, 1
+    return a[tuple(index)], b[tuple(index)], repeats
+
+
+def span(array: Any) -> int:
+    """How many elements the view ``array`` spans in its storage (its size, unless it repeats data).
+
+        >>> span(np.zeros((3, 4))), span(np.broadcast_to(np.zeros(4), (1000, 4)))
+        (12, 4)
+    """
+    if 0 in array.shape:
+        return 0
+    itemsize = array.dtype.itemsize or 1
+    return 1 + sum((int(n) - 1) * abs(int(s)) // itemsize for n, s in zip(array.shape, array.strides))
+
+
+def _too_repetitive(a: Any, b: Any) -> str:
+    """Why comparing ``a`` and ``b`` element by element is refused, or ``""``."""
+    a, b, _ = _compare_once(a, b)
+    size = math.prod(a.shape)
+    if size <= COMPARE_ALWAYS:
+        return ""
+    for side, array in (("A", a), ("B", b)):
+        spanned = span(array)
+        if size > REPEAT_LIMIT * spanned:
+            return (f"values not compared: the array in {side} repeats its {spanned} stored elements to make "
+                    f"{size} (a stride-0 or overlapping view); nbckpt compares at most {REPEAT_LIMIT}x the "
+                    f"elements a view holds")
+    return ""
 
 
 @dataclass
@@ -337,16 +428,60 @@ def _max_ratio(xp: Any, gap: Any, scale: Any) -> float | None:
 
 
 def _same_value(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
+    """Whether two values from the files are equal, NaN equal to NaN, types exact.
+
+    Iterative, and each distinct pair of containers is compared once: a value
+    the memo repeats 2**40 times takes 40 steps, not 2**40 (at most
+    :data:`VALUE_ITEM_LIMIT` steps, then FormatError).
+    """
+    stack = [(a, b)]
+    compared: set[tuple[int, int]] = set()
+    while stack:
+        x, y = stack.pop()
+        if x is y:
+            continue
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, (dict, list, tuple)):
+            pair = (id(x), id(y))
+            if pair in compared:
+                continue
+            compared.add(pair)
+            if len(compared) > VALUE_ITEM_LIMIT:
+                raise FormatError(f"a value holds more than {VALUE_ITEM_LIMIT} containers: too large to compare")
+            if len(x) != len(y):
+                return False
+            if isinstance(x, dict):
+                keys = list(dict.keys(x))
+                if isinstance(x, collections.OrderedDict) and keys != list(dict.keys(y)):
+                    return False
+                if any(k not in y for k in keys):
+                    return False
+                stack.extend((dict.__getitem__(x, k), dict.__getitem__(y, k)) for k in keys)
+            else:
+                stack.extend(zip(x, y))
+            continue
+        if not _same_leaf(x, y):
+            return False
+    return True
+
+
+def _same_leaf(a: Any, b: Any) -> bool:
+    if isinstance(a, float):
+        return a == b or (a != a and b != b)
+    if isinstance(a, complex):
+        return _same_leaf(a.real, b.real) and _same_leaf(a.imag, b.imag)
     try:
         equal = a == b
-        if isinstance(equal, (bool, np.bool_)) and equal:
+        if isinstance(equal, (bool, np.bool_)):
+            if equal:
+                return True
+        elif isinstance(equal, np.ndarray) and equal.shape == () and bool(equal):
             return True
-    except Exception:  # values of arbitrary types may refuse to compare
+    except Exception:  # noqa: BLE001 - values of arbitrary types may refuse to compare
         pass
-    # NaN != NaN, and containers holding NaN: fall back to their text
-    return repr(a) == repr(b)
+    # NaN inside NumPy scalars or sets, objects without __eq__: by their (bounded) text
+    return safe_repr(a, 10_000) == safe_repr(b, 10_000)
 
 
 def _count(n: int, noun: str) -> str:
@@ -378,7 +513,4 @@ def _record_row(d: RecordDiff) -> tuple[str, ...]:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    if value is MISSING:
-        return ""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return "" if value is MISSING else safe_repr(value, limit)

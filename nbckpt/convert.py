@@ -58,10 +58,11 @@ import numpy as np
 
 from . import remote
 from .api import load, save
-from .errors import LossyConversionError
+from .errors import FormatError, LossyConversionError, typed_errors
 from .format import dtypes as torch_dtypes
 from .meta import MetaArray
-from .sources import atomic_path, atomic_write, check_storage_options, is_url, open_input
+from .formats.names import dotted_name
+from .sources import atomic_path, atomic_write, check_storage_options, is_url
 from .summary import format_bytes
 
 __all__ = ["convert", "ConversionReport", "format_of", "FORMATS", "METADATA_KEY"]
@@ -90,6 +91,16 @@ _SAFETENSORS_WRITES = frozenset(_SAFETENSORS_DTYPES.values())
 _NPZ_WRITES = frozenset(np.dtype(c) for c in "?bBhHiIlLqQefdFD")
 
 _EXAMPLES = 5
+
+#: A flat target may hold at most this many times the bytes of the distinct arrays the
+#: source holds (plus :data:`EXPANSION_FLOOR`): views that repeat their data (stride 0)
+#: or containers the pickle repeats through its memo would otherwise turn a file of a
+#: few kB into terabytes.
+EXPANSION_LIMIT = 16
+#: ... and this many bytes whatever the source (expanded broadcasts of small arrays).
+EXPANSION_FLOOR = 1 << 28
+#: Entries (arrays and values, counted with repeats) a source may flatten to.
+MAX_ENTRIES = 200_000
 
 
 @dataclass
@@ -153,7 +164,8 @@ def format_of(f: Any) -> str:
 
 def convert(src: Any, dst: Any, *, lossy: bool = False, legacy: bool = False, weights_only: bool = True,
             storage_options: dict | None = None, progress: bool | None = None) -> ConversionReport:
-    """Convert the checkpoint ``src`` to ``dst``; formats by extension (see the module doc).
+    """Convert the checkpoint ``src`` (any format nbckpt reads, told by its first bytes) to ``dst``
+    (format by its extension, see the module doc).
 
     ``src`` and ``dst`` are paths or URLs (``storage_options`` go to fsspec for
     URLs). The conversion is checked before anything is written: if it would
@@ -163,15 +175,25 @@ def convert(src: Any, dst: Any, *, lossy: bool = False, legacy: bool = False, we
     ``weights_only=False`` loads a torch source with the full unpickler (trusted
     files only). Returns a :class:`ConversionReport`.
     """
-    source_format, target_format = format_of(src), format_of(dst)
-    if legacy and target_format != "torch":
-        raise ValueError(f"legacy=True writes torch's pre-1.6 format; the target {dst} is {target_format}")
+    target_format = format_of(dst)
     if storage_options is not None and not (is_url(src) or is_url(dst)):
         check_storage_options(src, storage_options)  # raises: neither is a URL
+    source_format = _source_format(src, storage_options if is_url(src) else None)
+    if legacy and target_format != "torch":
+        raise ValueError(f"legacy=True writes torch's pre-1.6 format; the target {dst} is {target_format}")
     src_options = storage_options if is_url(src) else None
     dst_options = storage_options if is_url(dst) else None
     report = ConversionReport(os.fsdecode(src), os.fsdecode(dst), source_format, target_format)
-    tree, metadata = _read(src, source_format, weights_only=weights_only, progress=progress, options=src_options)
+    with typed_errors(f"converting {report.source}"):
+        return _convert(src, dst, report, lossy=lossy, legacy=legacy, weights_only=weights_only,
+                        progress=progress, src_options=src_options, dst_options=dst_options)
+
+
+def _convert(src: Any, dst: Any, report: ConversionReport, *, lossy: bool, legacy: bool, weights_only: bool,
+             progress: bool | None, src_options: dict | None, dst_options: dict | None) -> ConversionReport:
+    target_format = report.target_format
+    tree, metadata = _read(src, report.source_format, weights_only=weights_only, progress=progress,
+                           options=src_options)
     foreign = {k: v for k, v in metadata.items() if k not in _DESCRIPTIVE_METADATA}
     if foreign and target_format != "safetensors":
         report.lost.append(f"safetensors metadata: {_names(list(foreign))} (a {target_format} file has no "
@@ -204,19 +226,19 @@ def _refuse_if_lossy(report: ConversionReport, lossy: bool) -> None:
 # -- reading ------------------------------------------------------------------------------------
 
 
+def _source_format(src: Any, options: dict | None) -> str:
+    """The source's format from its first bytes (any format nbckpt reads), in this module's names."""
+    from .formats.sniff import sniff
+
+    fmt = sniff(src, storage_options=options)
+    return "torch" if fmt in ("zip", "legacy", "tar") else fmt
+
+
 def _read(src: Any, fmt: str, *, weights_only: bool, progress: bool | None,
           options: dict | None) -> tuple[Any, dict[str, str]]:
     """``(tree, safetensors metadata other than nbckpt's)`` of the source."""
-    if fmt == "torch":
+    if fmt != "safetensors":  # nbckpt.load reads every other format (npz in native byte order, never pickle)
         return load(src, "cpu", weights_only=weights_only, progress=progress, storage_options=options), {}
-    if fmt == "npz":
-        stream, owned = open_input(src, options)
-        try:
-            with np.load(stream, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}, {}
-        finally:
-            if owned:
-                stream.close()
     with _local_copy(src, options) as path:
         return _read_safetensors(path)
 
@@ -253,15 +275,18 @@ def _safetensors() -> Any:
 
 def _read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, str]]:
     safetensors = _safetensors()
-    with safetensors.safe_open(path, framework="np") as opened:
-        metadata = dict(opened.metadata() or {})
-    with open(path, "rb") as f:
-        tensors = safetensors.deserialize(f.read())
+    try:
+        with safetensors.safe_open(path, framework="np") as opened:
+            metadata = dict(opened.metadata() or {})
+        with open(path, "rb") as f:
+            tensors = safetensors.deserialize(f.read())
+    except safetensors.SafetensorError as err:
+        raise FormatError(f"{path} is not a valid safetensors file: {err}") from None
     tree: dict[str, Any] = {}
     for name, tensor in tensors:
         dtype = _SAFETENSORS_DTYPES.get(tensor["dtype"])
         if dtype is None:
-            raise ValueError(f"{path}: tensor {name!r} has safetensors dtype {tensor['dtype']}, which nbckpt "
+            raise FormatError(f"{path}: tensor {name!r} has safetensors dtype {tensor['dtype']}, which nbckpt "
                              f"cannot represent in NumPy (known: {', '.join(_SAFETENSORS_DTYPES)})")
         tree[name] = np.frombuffer(tensor["data"], dtype=dtype).reshape(tensor["shape"])
     values = metadata.pop(METADATA_KEY, None)
@@ -269,9 +294,9 @@ def _read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, str]]:
         try:
             restored = json.loads(values)
         except ValueError as err:
-            raise ValueError(f"{path}: the metadata entry {METADATA_KEY!r} is not JSON ({err})") from err
+            raise FormatError(f"{path}: the metadata entry {METADATA_KEY!r} is not JSON ({err})") from err
         if not isinstance(restored, dict):
-            raise ValueError(f"{path}: the metadata entry {METADATA_KEY!r} is not a JSON object")
+            raise FormatError(f"{path}: the metadata entry {METADATA_KEY!r} is not a JSON object")
         for name, value in restored.items():
             tree.setdefault(name, value)
     return tree, metadata
@@ -286,33 +311,85 @@ class _Flat:
     metadata: dict[str, str]
 
 
-def _key(key: Any) -> str:
-    return key if isinstance(key, str) else str(key) if isinstance(key, int) else repr(key)
-
-
 def _walk(tree: Any) -> Iterator[tuple[tuple, Any]]:
-    """``(path, leaf)`` for every leaf: arrays, and values that hold no arrays (as a whole)."""
+    """``(path, leaf)`` for every leaf: arrays, and values that hold no arrays (as a whole).
+
+    A container the source repeats is walked each time it appears (each path is an
+    entry of a flat file), but at most :data:`MAX_ENTRIES` entries in all.
+    """
+    holders = _holders_of_arrays(tree)
+    paths = _count_paths(tree, holders)
+    if paths > MAX_ENTRIES:
+        raise FormatError(f"the source flattens to {paths} entries, more than {MAX_ENTRIES} (it repeats "
+                          f"containers through the pickle's memo?): refused")
     stack: list[tuple[tuple, Any]] = [((), tree)]
+    count = 0
     while stack:
         path, obj = stack.pop()
-        if isinstance(obj, (dict, list, tuple)) and _holds_array(obj):
-            items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
+        count += 1
+        if count > MAX_ENTRIES:
+            raise FormatError(f"the source flattens to more than {MAX_ENTRIES} entries (it repeats containers "
+                              f"through the pickle's memo?): refused")
+        if isinstance(obj, (dict, list, tuple)) and id(obj) in holders:
+            items = list(dict.items(obj)) if isinstance(obj, dict) else list(enumerate(obj))
             stack.extend((path + (k,), v) for k, v in reversed(items))
         else:
             yield path, obj
 
 
-def _holds_array(obj: Any, depth: int = 0) -> bool:
-    if isinstance(obj, np.ndarray):
-        return True
-    if depth > 100 or not isinstance(obj, (dict, list, tuple)):
-        return False
-    values = obj.values() if isinstance(obj, dict) else obj
-    return any(_holds_array(v, depth + 1) for v in values)
+def _count_paths(tree: Any, holders: set[int]) -> int:
+    """How many entries :func:`_walk` would yield, counted on the DAG (each container once)."""
+    counts: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(tree, False)]
+    while stack:
+        obj, expanded = stack.pop()
+        if not isinstance(obj, (dict, list, tuple)) or id(obj) not in holders:
+            continue
+        children = list(dict.values(obj)) if isinstance(obj, dict) else list(obj)
+        if expanded:
+            counts[id(obj)] = sum(counts.get(id(c), 1) for c in children)
+        elif id(obj) not in counts:
+            counts[id(obj)] = 0  # being counted (a container cannot hold itself here: it holds arrays)
+            stack.append((obj, True))
+            stack.extend((c, False) for c in children if id(c) not in counts)
+    return counts.get(id(tree), 1)
+
+
+def _holders_of_arrays(tree: Any) -> set[int]:
+    """ids of the containers in ``tree`` that hold an array at some depth (each visited once)."""
+    holders: set[int] = set()
+    visited: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(tree, False)]
+    while stack:
+        obj, expanded = stack.pop()
+        if not isinstance(obj, (dict, list, tuple)):
+            continue
+        children = list(dict.values(obj)) if isinstance(obj, dict) else list(obj)
+        if expanded:
+            if any(isinstance(c, np.ndarray) or id(c) in holders for c in children):
+                holders.add(id(obj))
+            continue
+        if id(obj) in visited:
+            continue
+        visited.add(id(obj))
+        stack.append((obj, True))
+        stack.extend((c, False) for c in children)
+    return holders
 
 
 def _arrays_in(tree: Any) -> list[np.ndarray]:
-    return [leaf for _, leaf in _walk(tree) if isinstance(leaf, np.ndarray)]
+    """Each distinct array of ``tree`` once (a torch target keeps repeats as references)."""
+    found: dict[int, np.ndarray] = {}
+    stack = [tree]
+    visited: set[int] = set()
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, np.ndarray):
+            found.setdefault(id(obj), obj)
+        elif isinstance(obj, (dict, list, tuple)) and id(obj) not in visited:
+            visited.add(id(obj))
+            stack.extend(dict.values(obj) if isinstance(obj, dict) else obj)
+    return list(found.values())
 
 
 def _flatten(tree: Any, target: str, report: ConversionReport) -> _Flat:
@@ -322,7 +399,7 @@ def _flatten(tree: Any, target: str, report: ConversionReport) -> _Flat:
     nested: list[tuple[str, tuple]] = []
     flat_root = isinstance(tree, dict)
     for path, leaf in _walk(tree):
-        name = ".".join(_key(k) for k in path) if path else "array"
+        name = dotted_name(path)  # the names nbckpt.open shows ("" for a checkpoint that is one array)
         if not path or len(path) > 1 or not isinstance(path[0], str):
             if isinstance(leaf, np.ndarray):
                 nested.append((name, path))
@@ -339,25 +416,40 @@ def _flatten(tree: Any, target: str, report: ConversionReport) -> _Flat:
         where = "".join(f"[{k!r}]" for k in path) if path else "the whole checkpoint"
         kind = "nested containers" if flat_root or path else "a single array"
         report.lost.append(f"nesting: {len(nested)} arrays in {kind} get dotted names "
-                           f"(e.g. {name} from {where})")
+                           f"(e.g. {name or repr(name)} from {where})")
+    if target == "npz":
+        arrays = _safe_entry_names(arrays, report)
     metadata = _values(values, target, report)
+    _check_expansion(arrays, report)
     _check_sharing(arrays, target, report)
     written = {name: _writable(name, array, target, report) for name, array in arrays.items()}
     report.arrays, report.array_bytes = len(written), sum(a.nbytes for a in written.values())
     return _Flat(written, metadata)
 
 
-def _json_exact(value: Any, depth: int = 0) -> bool:
-    """Whether JSON gives back exactly ``value`` (type included)."""
-    if depth > 50:
-        return False
-    if value is None or type(value) in (bool, int, float, str):
-        return True
-    if type(value) is list:
-        return all(_json_exact(v, depth + 1) for v in value)
-    if type(value) is dict:
-        return all(type(k) is str and _json_exact(v, depth + 1) for k, v in value.items())
-    return False
+#: Items a value may hold to be kept as JSON (a value the memo repeats 2**40 times is not).
+JSON_ITEM_LIMIT = 100_000
+
+
+def _json_exact(value: Any) -> bool:
+    """Whether JSON gives back exactly ``value`` (type included), in at most
+    :data:`JSON_ITEM_LIMIT` items and 50 levels (each repeat counted: JSON repeats too)."""
+    stack = [(value, 0)]
+    items = 0
+    while stack:
+        item, depth = stack.pop()
+        items += 1
+        if items > JSON_ITEM_LIMIT or depth > 50:
+            return False
+        if item is None or type(item) in (bool, str, float) or (type(item) is int and item.bit_length() < 64):
+            continue
+        if type(item) is list:
+            stack.extend((v, depth + 1) for v in item)
+        elif type(item) is dict and all(type(k) is str for k in item):
+            stack.extend((v, depth + 1) for v in item.values())
+        else:
+            return False
+    return True
 
 
 def _describe(value: Any) -> str:
@@ -390,32 +482,90 @@ def _owner(array: np.ndarray) -> int:
 
 
 def _check_sharing(arrays: dict[str, np.ndarray], target: str, report: ConversionReport) -> None:
-    by_owner: dict[int, list[str]] = {}
+    """Report the groups of arrays whose bytes overlap (one sort and one sweep per buffer).
+
+    Overlap is decided by byte bounds, as ``np.may_share_memory`` decides it.
+    """
+    by_owner: dict[int, list[tuple[int, int, str]]] = {}
     for name, array in arrays.items():
         if array.size:
-            by_owner.setdefault(_owner(array), []).append(name)
+            low, high = np.lib.array_utils.byte_bounds(array)
+            by_owner.setdefault(_owner(array), []).append((low, high, name))
     groups = []
-    for names in by_owner.values():
-        if len(names) < 2:
+    for spans in by_owner.values():
+        if len(spans) < 2:
             continue
-        # connected groups of arrays whose bytes overlap
-        remaining = list(names)
-        while remaining:
-            group = [remaining.pop(0)]
-            grew = True
-            while grew:
-                grew = False
-                for other in list(remaining):
-                    if any(np.may_share_memory(arrays[other], arrays[g]) for g in group):
-                        group.append(other)
-                        remaining.remove(other)
-                        grew = True
-            if len(group) > 1:
-                groups.append(group)
+        spans.sort()
+        group, reach = [spans[0][2]], spans[0][1]
+        for low, high, name in spans[1:]:
+            if low < reach:
+                group.append(name)
+                reach = max(reach, high)
+            else:
+                if len(group) > 1:
+                    groups.append(group)
+                group, reach = [name], high
+        if len(group) > 1:
+            groups.append(group)
     if groups:
+        order = {name: i for i, name in enumerate(arrays)}
+        groups = sorted((sorted(g, key=order.__getitem__) for g in groups), key=lambda g: order[g[0]])
         why = "safetensors refuses shared tensors" if target == "safetensors" else "npz has no sharing"
         shown = _names([" and ".join(group) for group in groups])
         report.lost.append(f"sharing: {shown} share memory; written as separate copies ({why})")
+
+
+def _check_expansion(arrays: dict[str, np.ndarray], report: ConversionReport) -> None:
+    """FormatError if the flat target would hold far more bytes than the source's arrays span.
+
+    What a source holds is measured by byte bounds (per buffer, the span its views
+    cover), not ``nbytes``: a stride-0 view's ``nbytes`` counts every repeat.
+    """
+    spans: dict[int, tuple[int, int]] = {}
+    for array in arrays.values():
+        if array.size:
+            low, high = np.lib.array_utils.byte_bounds(array)
+            owner = _owner(array)
+            old = spans.get(owner, (low, high))
+            spans[owner] = (min(old[0], low), max(old[1], high))
+    source_bytes = sum(high - low for low, high in spans.values())
+    written = sum(int(a.nbytes) for a in arrays.values())
+    allowed = EXPANSION_LIMIT * source_bytes + EXPANSION_FLOOR
+    if written > allowed:
+        raise FormatError(
+            f"converting {report.source} would write {format_bytes(written)} of arrays from "
+            f"{format_bytes(source_bytes)} of stored data: its views repeat data (stride 0 or overlapping) "
+            f"or its pickle repeats containers. nbckpt writes at most {EXPANSION_LIMIT}x the stored data "
+            f"plus {format_bytes(EXPANSION_FLOOR)}; load it with nbckpt.load and save what you need.")
+
+
+def safe_entry_name(name: str) -> str:
+    """``name`` as a zip entry that cannot point outside the folder it is extracted to.
+
+    Backslashes become ``/``; empty, ``.`` and ``..`` parts (a leading ``/``, ``../``)
+    become ``_``-escaped parts; control characters are escaped.
+
+        >>> safe_entry_name("../../etc/passwd"), safe_entry_name("/abs"), safe_entry_name("a/b.c")
+        ('_../_../etc/passwd', '_/abs', 'a/b.c')
+    """
+    from .text import escape
+
+    parts = escape(name).replace("\\", "/").split("/")
+    return "/".join("_" + part if part in ("", ".", "..") or part.startswith("_") and part.strip("_.") == ""
+                    else part for part in parts)
+
+
+def _safe_entry_names(arrays: dict[str, np.ndarray], report: ConversionReport) -> dict[str, np.ndarray]:
+    renamed = {name: safe_entry_name(name) for name in arrays}
+    changed = [f"{name!r} as {new!r}" for name, new in renamed.items() if new != name]
+    if not changed:
+        return arrays
+    if len(set(renamed.values())) != len(renamed):
+        raise FormatError(f"the entry names of {report.source} cannot be made safe for a zip without two of "
+                          f"them colliding: {_names(changed)}")
+    report.lost.append(f"entry names: {_names(changed)} renamed (as they are, they would point outside the "
+                       f"folder the npz is extracted to)")
+    return {renamed[name]: array for name, array in arrays.items()}
 
 
 def _writable(name: str, array: np.ndarray, target: str, report: ConversionReport) -> np.ndarray:

@@ -15,9 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import struct
+import tarfile
+import zipfile
+from typing import Iterator
 
-__all__ = ["CheckpointError", "FormatError", "UnpicklingError", "DeviceError", "LossyConversionError"]
+__all__ = ["CheckpointError", "FormatError", "UnpicklingError", "DeviceError", "LossyConversionError",
+           "STRAY_ERRORS", "typed_errors"]
 
 
 class CheckpointError(Exception):
@@ -68,3 +74,40 @@ class LossyConversionError(CheckpointError, ValueError):
         super().__init__(message)
         self.lost = lost
         self.report = report
+
+
+#: What reading untrusted data can raise from Python, NumPy, ``tarfile`` or ``zipfile``
+#: when no check of nbckpt's caught it first. Entry points turn these into
+#: :class:`FormatError` with :func:`typed_errors` (``OSError`` — a missing file,
+#: a full disk — and ``KeyboardInterrupt`` pass through unchanged).
+STRAY_ERRORS = (ValueError, TypeError, AttributeError, LookupError, RecursionError, ImportError,
+                MemoryError, ArithmeticError, EOFError, struct.error, tarfile.TarError, zipfile.BadZipFile,
+                pickle.UnpicklingError)
+
+
+@contextlib.contextmanager
+def typed_errors(what: str) -> Iterator[None]:
+    """Inside the block, a stray exception (:data:`STRAY_ERRORS`) becomes a :class:`FormatError`.
+
+    nbckpt's own errors pass unchanged; the message names ``what`` was being done.
+
+        >>> try:
+        ...     with typed_errors("reading x.pt"):
+        ...         int("9" * 5000)
+        ... except FormatError as err:
+        ...     print(str(err)[:60])
+        reading x.pt: unexpected ValueError from the file's data: Ex
+    """
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise FormatError(f"{what}: the file asks for more memory than this machine has; it is corrupt "
+                          f"or hostile (or needs a larger machine)") from None
+    except RecursionError:
+        raise FormatError(f"{what}: the file's data is nested too deeply to process") from None
+    except STRAY_ERRORS as err:
+        detail = str(err)
+        detail = detail if len(detail) <= 300 else detail[:299] + "…"
+        raise FormatError(f"{what}: unexpected {type(err).__name__} from the file's data: {detail}") from err

@@ -9,6 +9,13 @@ folder, which is flushed, fsynced and then renamed over the target
 (``os.replace``), and the folder is fsynced. A crash or an exception at any
 point leaves the previous file as it was and no temporary file behind.
 
+A process killed outright (SIGKILL, power loss) cannot remove its temporary
+file, so temporaries are named after their writer —
+``.<target>.nbckpt-<host>-<pid>-<start time>-<random>.tmp`` — and every save to a
+folder first removes the temporaries there whose writer is gone
+(:func:`remove_stale_temporaries`: same host, and that process no longer runs;
+a live writer's file is never touched). ``nbckpt verify`` does the same.
+
     >>> import os, tempfile
     >>> folder = tempfile.mkdtemp()
     >>> target = os.path.join(folder, "x.bin")
@@ -24,6 +31,8 @@ import contextlib
 import errno
 import io
 import os
+import re
+import socket
 import tempfile
 import threading
 from typing import IO, Any, Iterator
@@ -33,7 +42,7 @@ from .progress import progress_bar
 from .remote import is_url
 
 __all__ = ["is_path", "is_url", "archive_prefix", "atomic_write", "atomic_path", "open_source", "open_input",
-           "check_writable", "check_seekable", "check_storage_options"]
+           "check_writable", "check_seekable", "check_storage_options", "remove_stale_temporaries"]
 
 SEEKABLE_HINT = (
     "nbckpt can only load from a file object that is seekable. Read the data into a "
@@ -109,8 +118,10 @@ def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None
         mode = os.stat(path).st_mode & 0o7777
     except OSError:
         mode = 0o666 & ~_umask()
+    remove_stale_temporaries(folder)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{_writer_tag()}-",
+                                   suffix=".tmp")
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT, f"cannot save to {path!r}: the folder {folder!r} does not exist"
@@ -140,6 +151,70 @@ def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None
         raise
     if durable:
         _fsync_folder(folder)
+
+
+_TEMPORARY = re.compile(r"^\..*\.nbckpt-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-(?P<start>\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot; Linux), None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _writer_tag() -> str:
+    pid = os.getpid()
+    return f"nbckpt-{_host()}-{pid}-{_process_start(pid) or 0}"
+
+
+def _writer_gone(pid: int, start: int) -> bool:
+    if pid <= 0 or pid >= 1 << 31:
+        return False  # not a process id a writer could have had: not ours to judge
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, owned by someone else
+        pass
+    now = _process_start(pid)
+    return bool(start) and now is not None and now != start  # the pid was reused by another process
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files of nbckpt saves in ``folder`` whose writer is gone; returns their paths.
+
+    Only files named as :func:`atomic_write` names them, written on this host, by a
+    process that no longer runs (or whose process id now belongs to a process that
+    started later) are removed. Errors (a folder that cannot be listed) remove nothing.
+
+        >>> import tempfile
+        >>> remove_stale_temporaries(tempfile.mkdtemp())
+        []
+    """
+    removed: list[str] = []
+    host = _host()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        found = _TEMPORARY.match(name)
+        if found is None or found["host"] != host:
+            continue
+        if _writer_gone(int(found["pid"]), int(found["start"])):
+            path = os.path.join(os.fspath(folder), name)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

@@ -10,8 +10,10 @@ one legacy tar, one with views and shared storage, one with sparse arrays) are
 mutated: bit flips, byte substitutions, truncation, record swaps/duplication
 inside the zip, and pickle opcode substitutions inside data.pkl (the zip is
 rebuilt around the mutated pickle with ``ZipWriter`` so that the mutation
-reaches the unpickler). Every input goes through ``nbckpt.load``, ``nbckpt.open``
-(zip) and ``nbckpt.scan``. The only acceptable outcomes are a value or an nbckpt
+reaches the unpickler). Every input goes through ``nbckpt.load``, ``nbckpt.open``,
+``nbckpt.scan``, ``nbckpt.verify``, ``nbckpt.diff``, ``nbckpt.convert`` and every
+command of the ``nbckpt`` CLI (:data:`ALL_ENTRIES`; the test suite runs the tools
+on fewer inputs). The only acceptable outcomes are a value or an nbckpt
 error (``CheckpointError``); anything else is a finding: another exception
 type (``MemoryError`` included), a crash, or a hang.
 
@@ -378,8 +380,53 @@ def _on_alarm(signum, frame):
     raise Hang()
 
 
+#: Every entry point the fuzzer can drive: the loaders, then the tools built on them.
+ALL_ENTRIES = ("load", "open", "scan", "verify", "diff", "convert", "cli")
+
+
+def _run_tools(entry: str, data: bytes) -> Any:
+    """``diff`` (the input with itself), ``convert`` (to .npz, lossy) or every ``cli`` command, on ``data``."""
+    import tempfile
+
+    import nbckpt
+
+    if entry == "verify":
+        return nbckpt.verify(io.BytesIO(data))
+    if entry == "diff":
+        return nbckpt.diff(io.BytesIO(data), io.BytesIO(data))
+    with tempfile.TemporaryDirectory(prefix="nbckpt-fuzz-") as folder:
+        path = os.path.join(folder, "x.pt")
+        with open(path, "wb") as f:
+            f.write(data)
+        if entry == "convert":
+            return nbckpt.convert(path, os.path.join(folder, "x.npz"), lossy=True)
+        from nbckpt import cli
+
+        failures: list[BaseException] = []
+        original = cli._message
+
+        def recording(err, args):
+            failures.append(err)
+            return original(err, args)
+
+        cli._message = recording
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = io.StringIO()
+        try:
+            for argv in (["ls", path, "--json"], ["ls", path], ["info", path], ["verify", path],
+                         ["diff", path, path], ["convert", path, os.path.join(folder, "y.npz"), "--lossy"]):
+                cli.main(argv)
+        finally:
+            sys.stdout, sys.stderr = saved
+            cli._message = original
+        for err in failures:  # the CLI catches everything: re-raise what was not typed
+            if not isinstance(err, (nbckpt.CheckpointError, cli.CommandError)):
+                raise err
+        return None
+
+
 def check(data: bytes, *, timeout_s: int = 10, entries: tuple[str, ...] = ("load", "open", "scan")) -> list[Finding]:
-    """Run ``data`` through nbckpt's entry points; the unacceptable outcomes found."""
+    """Run ``data`` through nbckpt's entry points (any of :data:`ALL_ENTRIES`); the unacceptable outcomes."""
     import nbckpt
 
     findings = []
@@ -397,8 +444,10 @@ def check(data: bytes, *, timeout_s: int = 10, entries: tuple[str, ...] = ("load
             elif entry == "open":
                 with nbckpt.open(io.BytesIO(data)) as archive:
                     value = [archive[r.path] for r in archive.records]
-            else:
+            elif entry == "scan":
                 value = nbckpt.scan(io.BytesIO(data))
+            else:
+                value = _run_tools(entry, data)
             del value
         except nbckpt.CheckpointError:
             pass
@@ -462,7 +511,7 @@ def _worker(seed: int, count: int, out: Path, memory_mb: int, timeout_s: int) ->
         current.with_suffix(".json").write_text(json.dumps({"base": base, "mutator": mutator, "seed": seed,
                                                             "index": index}))
         print(f"@@INPUT {index}", flush=True)  # keeps the parent's watchdog quiet
-        for finding in check(data, timeout_s=timeout_s):
+        for finding in check(data, timeout_s=timeout_s, entries=ALL_ENTRIES):
             print("@@FINDING " + json.dumps({"base": base, "mutator": mutator, "seed": seed, "index": index,
                                              "kind": finding.kind, "entry": finding.entry,
                                              "type": finding.type, "message": finding.message,

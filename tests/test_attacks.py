@@ -1,18 +1,28 @@
-"""The hostile corpus (tests/data/attacks): every file through load, open, scan and verify, in subprocesses.
+"""The hostile corpus (tests/data/attacks): every file through every entry point, in subprocesses.
 
 Each file of ``tests/data/attacks`` (see its README.md and build.py) goes
 through ``nbckpt.load`` (default ``weights_only=True``; and ``mmap=True`` for
 zip files), ``nbckpt.open`` (listing, then reading every array),
-``nbckpt.scan`` and ``nbckpt.verify``. They run in worker subprocesses limited to 1.5 GiB of address
-space (``RLIMIT_AS``), many files per worker; a worker that dies (a crash) or
-hangs is restarted after the file that killed it, which is reported.
+``nbckpt.scan``, ``nbckpt.verify``, ``nbckpt.diff`` (the file with itself),
+``nbckpt.convert`` (to .npz and .safetensors, ``lossy=True``), every command of
+the ``nbckpt`` CLI (``ls``, ``ls --json``, ``info``, ``show`` of an array and of
+a value, ``verify``, ``diff``, ``convert``), ``%ckpt load`` in a real IPython
+shell, and the notebook previews (``ArrayPreview`` of the arrays, the browser's
+value previews). They run in worker subprocesses limited to 1.5 GiB of address
+space (``RLIMIT_AS``), many files per worker, in a canary folder of this run's
+own; a worker that dies (a crash) or hangs is restarted after the file that
+killed it, which is reported.
 
 For every file and entry point the outcome must be what the manifest says: an
 nbckpt error (a ``CheckpointError``, of the class named where one is), or —
 only where the manifest allows it — a load to the expected value. Anything
 else fails: another exception type (``MemoryError`` included), a crash, a
 hang, more than 500 MB of peak RSS, a canary file created, the canary module
-imported, or nbckpt's safe-globals list widened. Allocation bombs are also
+imported, or nbckpt's safe-globals list widened. The CLI must exit 0, 1 or 2
+with a typed failure and print no control character; ``%ckpt load`` must raise
+nothing but ``UsageError`` and never rebind ``np``, builtins or dunder names;
+``diff`` of a file with itself must say "identical"; ``convert`` must write no
+npz entry name that leaves its folder. Allocation bombs are also
 loaded in this process under ``tracemalloc`` (when the subprocess showed it is
 safe to), to check that nothing big is allocated before nbckpt refuses.
 
@@ -30,11 +40,15 @@ import importlib.util
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -48,7 +62,20 @@ TRACED_LIMIT_MB = 256  # Python/NumPy allocations traced while loading any one f
 BOMB_TRACED_LIMIT_MB = 32  # ... while loading an allocation bomb
 JOB_TIMEOUT_S = 20  # one file in one mode
 WORKERS = 2
-MODES = ("load", "mmap", "open", "scan", "verify")
+MODES = ("load", "mmap", "open", "scan", "verify", "diff", "convert", "cli", "magic", "preview")
+#: The entry points beyond load/open/scan/verify: a typed error or a correct result.
+TOOL_MODES = ("diff", "convert", "cli", "magic", "preview")
+# What a terminal would act on (tab and newline excepted).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+#: This run's canary folder: workers run in it, and payloads write (relative) canaries there.
+CANARY_DIR: list[Path] = []
+
+
+def canary_dir() -> Path:
+    if not CANARY_DIR:
+        CANARY_DIR.append(Path(tempfile.mkdtemp(prefix="nbckpt-canaries-")))
+    return CANARY_DIR[0]
 
 
 def _load_build():
@@ -74,7 +101,20 @@ HAS_VERIFY = _has_verify()
 
 def _modes(entry: dict) -> tuple[str, ...]:
     modes = MODES if entry["kind"] == "zip" else tuple(m for m in MODES if m != "mmap")
+    if not _tools_run(entry):
+        modes = tuple(m for m in modes if m not in TOOL_MODES)
     return modes if HAS_VERIFY else tuple(m for m in modes if m != "verify")
+
+
+def _tools_run(entry: dict) -> bool:
+    """Whether the tools (diff, convert, CLI, magic, previews) get this file.
+
+    Every file that loads (their code runs only on what was read), every file of the
+    round-two group (written against the tools), and every tenth other file (which
+    the tools must refuse as load does); all of them would take minutes more.
+    """
+    return (entry["load"] != "error" or entry["group"].startswith("Round two")
+            or MANIFEST.index(entry) % 10 == 0)
 
 
 def _stem(file: str) -> str:
@@ -93,6 +133,16 @@ def _bug(files: list[str], modes: tuple[str, ...] | str, reason: str) -> None:
     for file in files:
         for mode in ((modes,) if isinstance(modes, str) else modes):
             KNOWN_BUGS[(file, mode)] = "BUG: " + reason
+
+
+# Issue 15 items in other helpers' modules (see /work/coord/H6.md "Requests"):
+_bug(["tensor_as_dict_key.pt"], ("open", "verify"),
+     "open/verify accept a tensor used as a dict key, which load refuses (archive.py/verify.py: the "
+     "recording materializer's refs are hashable); open's values then show internal refs")
+_bug(["size1_stride_2_62.pt"], ("open", "preview"), "open raises NumPy's ValueError (archive.py)")
+_bug(["cuda_5000_digits.pt"], ("open", "verify", "preview"),
+     "open/verify on a 'cuda:' + 5000-digit location: untyped error or OK (devices.py/verify.py)")
+_bug(["huge_int_value.pt"], "preview", "listing.value_text/value_preview repr a 5000-digit int (ValueError)")
 
 
 def _known_bug(file: str, mode: str) -> str | None:
@@ -128,6 +178,8 @@ def _worker() -> int:
     import nbckpt
 
     jobs = json.loads(sys.stdin.read())
+    if any(mode == "preview" for _, mode in jobs):  # matplotlib's first import is no job's time
+        import matplotlib.pyplot  # noqa: F401
 
     def on_alarm(signum, frame):
         raise _Timeout(f"more than {JOB_TIMEOUT_S} s")
@@ -167,7 +219,7 @@ def _run_job(nbckpt, path: Path, mode: str, signal) -> dict:
     sys.stdout = io.StringIO()  # a payload that prints must not corrupt the protocol
     tracemalloc.start()
     start = time.perf_counter()
-    signal.alarm(JOB_TIMEOUT_S)
+    signal.alarm(JOB_TIMEOUT_S * (3 if mode in ("cli", "preview") else 1))  # cli: seven commands
     try:
         if path.name == "__segfault__":  # the harness's self-test
             import ctypes
@@ -188,6 +240,16 @@ def _run_job(nbckpt, path: Path, mode: str, signal) -> dict:
             value = nbckpt.verify(str(path))
             result["verify_ok"] = bool(value.ok)
             result["problems"] = [str(p)[:200] for p in value.problems[:5]]
+        elif mode == "diff":
+            result["identical"] = nbckpt.diff(str(path), str(path)).identical
+        elif mode == "convert":
+            result.update(_convert_job(nbckpt, path))
+        elif mode == "cli":
+            result.update(_cli_job(path))
+        elif mode == "magic":
+            result.update(_magic_job(path))
+        elif mode == "preview":
+            result.update(_preview_job(nbckpt, path))
         result["outcome"] = "ok"
     except _Timeout as err:
         result.update(outcome="timeout", message=str(err))
@@ -221,6 +283,123 @@ def _run_job(nbckpt, path: Path, mode: str, signal) -> dict:
     return result
 
 
+def _convert_job(nbckpt, path: Path) -> dict:
+    with tempfile.TemporaryDirectory(dir=".") as out:
+        npz = Path(out) / "x.npz"
+        nbckpt.convert(str(path), str(npz), lossy=True)
+        with zipfile.ZipFile(npz) as z:
+            names = z.namelist()
+        nbckpt.convert(str(path), str(Path(out) / "x.safetensors"), lossy=True)
+    unsafe = [n for n in names if n.startswith("/") or "\\" in n or ".." in n.split("/")]
+    return {"unsafe_entries": unsafe}
+
+
+def _cli_job(path: Path) -> dict:
+    """Every CLI command on the file, in process; what failed untyped, and any control character printed."""
+    from nbckpt import CheckpointError, cli
+
+    untyped: list[str] = []
+    original = cli._message
+
+    def recording(err, args):  # every failure of a command passes here
+        if not isinstance(err, (cli.CommandError, CheckpointError)):
+            untyped.append(f"{type(err).__name__}: {str(err)[:200]}")
+        return original(err, args)
+
+    cli._message = recording
+    printed: list[str] = []
+    codes: dict[str, int] = {}
+
+    def run(*argv: str) -> int:
+        saved = sys.stdout, sys.stderr
+        out = sys.stdout = io.StringIO()
+        err = sys.stderr = io.StringIO()
+        try:
+            codes[" ".join(argv[:2])] = code = cli.main(list(argv))
+        finally:
+            sys.stdout, sys.stderr = saved
+        printed.append(out.getvalue() + err.getvalue())
+        return code
+
+    try:
+        file = str(path)
+        names: list[str] = []
+        if run("ls", file, "--json") == 0:
+            listing = json.loads(printed[-1])
+            names = [a["name"] for a in listing["arrays"][:1]] + list(listing["values"])[:1]
+        run("ls", file)
+        run("info", file)
+        for name in names:
+            run("show", file, name)
+        run("verify", file)
+        run("diff", file, file)
+        with tempfile.TemporaryDirectory(dir=".") as out:
+            run("convert", file, str(Path(out) / "x.npz"), "--lossy")
+    finally:
+        cli._message = original
+    bad = sorted({repr(c) for text in printed for c in _CONTROL.findall(text)})
+    return {"untyped": untyped, "control_chars": bad, "codes": codes}
+
+
+_SHELL: list = []
+
+
+def _shell():
+    if not _SHELL:
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+
+        config = Config()
+        config.HistoryManager.hist_file = ":memory:"
+        shell = InteractiveShell.instance(config=config)
+        shell.run_line_magic("load_ext", "nbckpt")
+        _SHELL.append(shell)
+    return _SHELL[0]
+
+
+def _magic_job(path: Path) -> dict:
+    """``%ckpt load FILE`` in a real shell: only UsageError may escape; nothing protected is rebound."""
+    import builtins
+
+    from IPython.core.error import UsageError
+
+    shell = _shell()
+    shell.reset(new_session=False)
+    marker = object()
+    shell.push({"np": marker})
+    before = shell.user_ns.get("__builtins__")
+    result: dict = {}
+    try:
+        shell.run_line_magic("ckpt", f"load {path}")
+        result["magic"] = "loaded"
+    except UsageError as err:
+        result["magic"] = f"UsageError: {str(err)[:200]}"
+    ns = shell.user_ns
+    result["rebound"] = [name for name, ok in (
+        ("np", ns.get("np") is marker), ("__builtins__", ns.get("__builtins__") is before),
+        ("print", ns.get("print", builtins.print) is builtins.print),
+        ("get_ipython", "get_ipython" not in ns or callable(ns["get_ipython"]))) if not ok]
+    shell.reset(new_session=False)
+    return result
+
+
+def _preview_job(nbckpt, path: Path) -> dict:
+    """The notebook's previews: ArrayPreview of the first arrays, the browser's value previews."""
+    from nbckpt.jupyter import listing
+    from nbckpt.jupyter.preview import ArrayPreview
+
+    shown = 0
+    with nbckpt.open(str(path)) as archive:
+        for record in archive.records[:2]:
+            ArrayPreview(archive[record.path], name=record.name)
+            shown += 1
+        for value in list(archive.values.values())[:8]:
+            listing.value_preview(value, 2000)
+            listing.value_text(value)
+            shown += 1
+    return {"shown": shown}
+
+
 # ---------------------------------------------------------------------------------------
 # Running the workers (from the test process)
 # ---------------------------------------------------------------------------------------
@@ -232,6 +411,8 @@ def _worker_env() -> dict:
         env[name] = "1"  # BLAS threads reserve address space
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     env.pop("PYTHONSTARTUP", None)
+    env["IPYTHONDIR"] = str(canary_dir() / ".ipython")
+    env["MPLBACKEND"] = "Agg"
     return env
 
 
@@ -261,7 +442,7 @@ def _run_worker(jobs):
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_worker_env(), cwd=str(ROOT), text=True,
+        env=_worker_env(), cwd=str(canary_dir()), text=True,
     )
     done: dict = {}
     state = {"started": None, "last": time.monotonic()}
@@ -317,22 +498,41 @@ def run_parallel(jobs: list[tuple[str, str]], workers: int = WORKERS) -> dict:
     return results
 
 
-def _clear_canaries() -> None:
-    for entry in MANIFEST:
-        path = build.canary(_stem(entry["file"]))
-        if os.path.lexists(path):
-            os.remove(path)
-
-
 ALL_JOBS = [(e["file"], mode) for e in MANIFEST for mode in _modes(e)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_canary_dir():
+    """This run's own canary folder, created here and removed after the module's tests."""
+    CANARY_DIR.clear()
+    folder = canary_dir()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+    CANARY_DIR.clear()
+
+
+def _selected_jobs(session) -> list[tuple[str, str]]:
+    """The jobs of the corpus tests pytest selected (all of them, unless -k narrowed the run)."""
+    wanted = set()
+    for item in session.items:
+        if getattr(item, "module", None) is not sys.modules[__name__]:
+            continue  # other modules have parameters named "entry" too
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "entry" in params and "mode" in params:
+            wanted.add((params["entry"]["file"], params["mode"]))
+        elif "entry" in params:
+            wanted.add((params["entry"]["file"], "load"))
+    return [job for job in ALL_JOBS if job in wanted] or ALL_JOBS
+
+
 @pytest.fixture(scope="module")
-def results():
-    _clear_canaries()
+def results(request, fresh_canary_dir):
     start = time.perf_counter()
-    found = run_parallel(ALL_JOBS)
+    jobs = _selected_jobs(request.session)
+    found = run_parallel(jobs)
+    found["__all__"] = len(jobs) == len(ALL_JOBS)
     found["__seconds__"] = time.perf_counter() - start
+    found["__canaries__"] = sorted(p.name for p in fresh_canary_dir.iterdir() if p.name != ".ipython")
     return found
 
 
@@ -351,8 +551,11 @@ def check_result(entry: dict, mode: str, r: dict) -> None:
     assert not r["canary_module"], f"{where}: the payload imported {build.CANARY_MODULE!r}"
     assert not r["safe_globals"], f"{where}: the file widened the safe-globals list: {r['safe_globals']}"
     assert r["maxrss_mb"] < RSS_LIMIT_MB, f"{where}: peak RSS {r['maxrss_mb']:.0f} MB"
-    limit = BOMB_TRACED_LIMIT_MB if entry["bomb"] else TRACED_LIMIT_MB
+    limit = BOMB_TRACED_LIMIT_MB if entry["bomb"] and mode not in TOOL_MODES else TRACED_LIMIT_MB
     assert r["traced_peak_mb"] < limit, f"{where}: allocated {r['traced_peak_mb']:.0f} MB (traced peak)"
+    if mode in TOOL_MODES:
+        _check_tool(entry, mode, r, where)
+        return
     expect = {"load": entry["load"], "mmap": entry["load"], "open": entry["open"], "scan": entry["scan"],
               "verify": entry.get("verify")}[mode]
     if mode == "verify":
@@ -386,6 +589,28 @@ def check_result(entry: dict, mode: str, r: dict) -> None:
         assert not missing, f"{where}: scan did not report {missing} as refused (it found {r['globals']})"
 
 
+def _check_tool(entry: dict, mode: str, r: dict, where: str) -> None:
+    """diff, convert, the CLI, %ckpt load, the previews: a typed error or a correct result."""
+    if r["outcome"] == "error":
+        assert r["checkpoint_error"], f"{where}: raised {r['type']} (not an nbckpt error): {r['message']}"
+        assert not entry["group"].startswith("Controls"), f"{where}: failed on a good file: {r['message']}"
+        return
+    assert r["outcome"] == "ok", r
+    if mode == "diff":
+        assert r["identical"], f"{where}: diff of the file with itself found differences"
+    elif mode == "convert":
+        assert not r["unsafe_entries"], f"{where}: wrote npz entries outside the folder: {r['unsafe_entries']}"
+    elif mode == "cli":
+        assert not r["untyped"], f"{where}: a command failed with an untyped error: {r['untyped']}"
+        assert not r["control_chars"], f"{where}: printed control characters {r['control_chars']}"
+        assert set(r["codes"].values()) <= {0, 1, 2}, r["codes"]
+    elif mode == "magic":
+        assert not r["rebound"], f"{where}: %ckpt load rebound {r['rebound']}"
+        if entry["load"] == "ok":
+            assert r["magic"] == "loaded" or "not Python names" in r["magic"] or "not a dict" in r["magic"], (
+                f"{where}: %ckpt load failed on a file that loads: {r['magic']}")
+
+
 def _params():
     params = []
     for entry in MANIFEST:
@@ -402,7 +627,8 @@ def test_corpus_file(results, entry, mode):
 
 
 def test_no_canary_anywhere(results):
-    leftovers = sorted(str(p) for p in Path(build.CANARY_PREFIX).parent.glob(Path(build.CANARY_PREFIX).name + "*"))
+    """Nothing appeared in this run's canary folder (only this run's workers ran there)."""
+    leftovers = [name for name in results["__canaries__"] if not name.startswith("tmp")]
     assert not leftovers, f"payloads ran: {leftovers}"
 
 
@@ -449,7 +675,9 @@ def test_worker_reports_foreign_errors_and_crashes():
 
 
 def test_time_budget(results):
-    assert results["__seconds__"] < 120, f"the corpus took {results['__seconds__']:.0f} s"
+    if not results["__all__"]:
+        pytest.skip("only part of the corpus ran (-k)")
+    assert results["__seconds__"] < 180, f"the corpus took {results['__seconds__']:.0f} s"
 
 
 # -- allocation bombs, in this process, under tracemalloc ----------------------------------------
@@ -458,7 +686,7 @@ BOMBS = [e for e in MANIFEST if e["bomb"]]
 
 
 @pytest.mark.parametrize("entry", BOMBS, ids=[_stem(e["file"]) for e in BOMBS])
-def test_bomb_allocates_nothing_in_process(results, entry):
+def test_bomb_allocates_nothing_in_process(results, entry, monkeypatch):
     """Load each allocation bomb here, under tracemalloc: nothing big may be allocated first.
 
     Only files whose subprocess run ended cleanly are loaded in this process (the
@@ -471,6 +699,7 @@ def test_bomb_allocates_nothing_in_process(results, entry):
         pytest.skip(f"unsafe to load in process: the subprocess load ended with {r.get('type', r['outcome'])}")
     if r["traced_peak_mb"] >= BOMB_TRACED_LIMIT_MB or r["maxrss_mb"] >= RSS_LIMIT_MB:
         pytest.skip("unsafe to load in process: the subprocess load allocated too much")
+    monkeypatch.chdir(CANARY_DIR[0])  # a payload that ran would write its canary there
     tracemalloc.start()
     try:
         try:

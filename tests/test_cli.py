@@ -422,3 +422,55 @@ def test_convert_to_s3_with_storage_options(command, model, s3, tmp_path):
                env=env).returncode == 0
     data = run_json(command, "ls", "s3://cli-bucket/model.pt", *endpoint, env=env)
     assert sorted(a["name"] for a in data["arrays"]) == sorted(state)
+
+
+# -- hostile files: what the CLI prints, and what it converts ----------------------------------------
+
+
+def test_control_characters_from_the_file_are_printed_escaped(command, tmp_path):
+    path = tmp_path / "evil\x1b[2J.pt"
+    nbckpt.save({"w\x1b]0;pwned\x07": np.ones(2), "ok\rFAKE": 1, "\u202eevil": "\x1b[31mred\x08"}, str(path))
+    listed = run(command, "ls", path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0] == f"{tmp_path}/evil\\x1b[2J.pt: 1 array"
+    assert "w\\x1b]0;pwned\\x07" in listed.stdout and "ok\\rFAKE, \\u202eevil" in listed.stdout
+    shown = run(command, "show", path, "\u202eevil")
+    assert shown.stdout == f"\\u202eevil in {tmp_path}/evil\\x1b[2J.pt: '\\x1b[31mred\\x08'\n"
+    for args in (("ls", path), ("info", path), ("show", path, "ok\rFAKE"), ("diff", path, path),
+                 ("verify", path), ("ls", path, "--json"), ("show", path, "nope\x07")):
+        done = run(command, *args)
+        assert done.returncode in (0, 1, 2), done.stderr
+        assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]", done.stdout + done.stderr), args
+
+
+def test_json_output_is_bounded_for_values_the_memo_repeats(command, tmp_path):
+    value = ["x"]
+    for _ in range(40):
+        value = [value, value]  # 2**40 leaves, 40 lists
+    torch.save({"n": 10 ** 5000, "v": value, "w": torch.ones(1)}, str(tmp_path / "laughs.pt"))  # memoized
+    listed = run_json(command, "ls", tmp_path / "laughs.pt")
+    assert listed["values"]["n"].startswith("<int of 16610 bits: 0x")
+    flat = json.dumps(listed["values"]["v"])
+    assert flat.count('"x"') < 100_000 and "<cut: the output holds at most 100000 items>" in flat
+
+
+def test_convert_to_npz_never_writes_names_outside_the_folder(command, tmp_path):
+    import zipfile
+
+    nbckpt.save({"../../up": np.ones(2), "/abs": np.zeros(1), "ok": np.ones(1)}, str(tmp_path / "t.pt"))
+    refused = run(command, "convert", tmp_path / "t.pt", tmp_path / "t.npz")
+    assert refused.returncode == 2 and "entry names: '../../up' as '_../_../up', '/abs' as '_/abs' renamed" \
+        in refused.stderr
+    done = run(command, "convert", tmp_path / "t.pt", tmp_path / "t.npz", "--lossy")
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(tmp_path / "t.npz") as z:
+        assert sorted(z.namelist()) == ["_../_../up.npy", "_/abs.npy", "ok.npy"]
+
+
+def test_convert_refuses_views_that_would_expand_past_the_limit(command, tmp_path):
+    nbckpt.save({"w": np.broadcast_to(np.float32(1), (1 << 34,))}, str(tmp_path / "b.pt"))
+    done = run(command, "convert", tmp_path / "b.pt", tmp_path / "b.npz", "--lossy")
+    assert one_error_line(done).startswith(
+        f"nbckpt convert: error: converting {tmp_path}/b.pt would write 64.0 GiB of arrays from 4 B of stored "
+        f"data: its views repeat data")
+    assert not (tmp_path / "b.npz").exists()

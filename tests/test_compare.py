@@ -223,3 +223,73 @@ def test_errors_come_from_opening():
         nbckpt.diff("/nonexistent/a.pt", saved({}))
     with pytest.raises(nbckpt.FormatError):
         nbckpt.diff(io.BytesIO(b"not a checkpoint at all"), saved({}))
+
+
+# -- hostile files: names that collide, values and views that repeat --------------------------------
+
+
+def test_entries_whose_dotted_names_collide_are_compared_apart():
+    a = saved({"a.b": np.zeros(2), "a": {"b": np.zeros(2)}})
+    b = saved({"a.b": np.zeros(2), "a": {"b": np.ones(2)}})
+    report = nbckpt.diff(a, b)
+    assert not report.identical
+    assert [(d.name, d.change, d.differing) for d in report.records] == [("['a']['b']", "values", 2)]
+    assert report.equal_records == 1
+    assert compare.path_name(("a.b",)) == "['a.b']"
+
+
+def torch_saved(obj) -> io.BytesIO:
+    """torch.save's pickler memoizes: a value repeated 2**60 times is written once."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def _laughs(depth: int):
+    value = ["x"]
+    for _ in range(depth):
+        value = [value, value]
+    return value
+
+
+def test_values_repeated_through_the_memo_compare_in_linear_time():
+    # 2**60 leaves, 60 distinct lists: each distinct pair is compared once
+    a, b = torch_saved({"v": _laughs(60), "w": torch.ones(1)}), torch_saved({"v": _laughs(60), "w": torch.ones(1)})
+    report = nbckpt.diff(a, b)
+    assert report.identical and report.equal_values == 1
+    c = _laughs(60)
+    c[0][0][0] = ["y"]  # the change shows through every path that shares it
+    report = nbckpt.diff(torch_saved({"v": _laughs(60), "w": torch.ones(1)}), torch_saved({"v": c, "w": torch.ones(1)}))
+    assert [(d.name, d.change) for d in report.values] == [("v", "value")]
+    assert report.rows()[0][2].startswith("[[[[[[[") and len(report.rows()[0][2]) == 40
+
+
+def test_stride0_views_are_compared_once_and_counted_as_often_as_they_repeat():
+    a = np.broadcast_to(np.float32(1), (1 << 40,))
+    b = np.broadcast_to(np.float32(2), (1 << 40,))
+    assert array_difference(a, b) == Difference(1 << 40, 1.0, 0.5, 0)
+    assert compare.span(a) == 1
+
+
+def test_views_that_repeat_their_data_on_one_side_only_are_not_expanded(monkeypatch):
+    monkeypatch.setattr(compare, "COMPARE_ALWAYS", 16)
+    repeated, dense = np.broadcast_to(np.float32(0), (64,)), np.arange(64, dtype=np.float32)
+    assert compare._too_repetitive(repeated, repeated) == ""  # both repeat along one axis: compared once
+    assert compare._too_repetitive(dense, dense) == ""
+    assert compare._too_repetitive(repeated, dense) == (
+        "values not compared: the array in A repeats its 1 stored elements to make 64 (a stride-0 or "
+        "overlapping view); nbckpt compares at most 4x the elements a view holds")
+    report = nbckpt.diff(saved({"w": repeated}), saved({"w": dense}))
+    assert [(d.name, d.change, d.differing, d.note) for d in report.records] == [
+        ("w", "values", None, compare._too_repetitive(repeated, dense))]
+
+
+def test_untyped_failures_become_format_errors(monkeypatch):
+    def broken(*args):
+        raise RecursionError("deep")
+
+    monkeypatch.setattr(compare, "_same_value", broken)
+    with pytest.raises(nbckpt.FormatError, match=r"^comparing <BytesIO> with <BytesIO>: the file's data is "
+                                                 r"nested too deeply to process$"):
+        nbckpt.diff(saved({"v": 1}), saved({"v": 1}))

@@ -59,9 +59,52 @@ def test_sigkill_during_saves_never_destroys_the_checkpoint(tmp_path):
         assert version >= last, (kill, version, last)
         last = version
     assert last > 0, "the saver never completed a save: the kills came too early to mean anything"
-    # Killed saves may leave their temporary file behind; the checkpoint is never one of them.
-    assert all(name == "model.pt" or (name.startswith(".model.pt.") and name.endswith(".tmp"))
-               for name in os.listdir(tmp_path))
+    # Each save first removes the temporaries of killed savers: only the last one's can be left...
+    leftovers = [name for name in os.listdir(tmp_path) if name != "model.pt"]
+    assert len(leftovers) <= 1 and all(name.startswith(".model.pt.nbckpt-") and name.endswith(".tmp")
+                                       for name in leftovers), leftovers
+    # ... and the next save (here, in this process) removes that one too.
+    nbckpt.save({"version": last}, path)
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def _temporary(folder, *, host=None, pid, start=0) -> pathlib.Path:
+    from nbckpt import sources
+
+    path = pathlib.Path(folder) / f".x.pt.nbckpt-{host or sources._host()}-{pid}-{start}-abcd1234.tmp"
+    path.write_bytes(b"partial")
+    return path
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_saves_remove_only_the_temporaries_of_writers_that_are_gone(tmp_path):
+    from nbckpt import sources
+
+    dead = _temporary(tmp_path, pid=_dead_pid())
+    live = _temporary(tmp_path, pid=os.getpid(), start=sources._process_start(os.getpid()))
+    reused = _temporary(tmp_path, pid=os.getpid(), start=1)  # this pid, but a process that started earlier
+    elsewhere = _temporary(tmp_path, host="otherhost", pid=_dead_pid())
+    unrelated = tmp_path / ".x.pt.abcd1234.tmp"  # not nbckpt's naming: never touched
+    unrelated.write_bytes(b"?")
+    nbckpt.save({"a": np.ones(2)}, tmp_path / "y.pt")
+    assert not dead.exists() and not reused.exists()
+    assert live.exists() and elsewhere.exists() and unrelated.exists()
+
+
+def test_verify_removes_the_temporaries_of_writers_that_are_gone(tmp_path):
+    nbckpt.save({"a": np.ones(2)}, tmp_path / "x.pt")
+    dead = _temporary(tmp_path, pid=_dead_pid())
+    out = subprocess.run([sys.executable, "-m", "nbckpt.cli", "verify", str(tmp_path / "x.pt")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert not dead.exists()
+    assert out.stderr == (f"nbckpt: warning: removed {dead}: the temporary file of a save whose process "
+                          f"is gone\n")
 
 
 class FailingWriter(io.RawIOBase):

@@ -1135,3 +1135,32 @@ class TestPlainFilesWithoutTorch:
         assert [n for n in ours.namelist() if not n.endswith("serialization_id")] == names
         for name in names:
             assert ours.read(name) == theirs.read(name), name
+
+
+# -- issue 15: placeholders, hashing ----------------------------------------------------------------------
+
+
+def test_memoize_into_a_memo_with_a_gap_never_leaks_a_placeholder():
+    # memo {1: 7}; MEMOIZE then writes slot 1 (len(memo) is 1) with an array BUILD completes later
+    corpus = Path(__file__).parent / "data" / "attacks" / "memo_gap_placeholder.pt"
+    with zipfile.ZipFile(corpus) as z:
+        pkl = z.read("archive/data.pkl")
+    assert b"K\x07q\x010" in pkl and b"\x94" in pkl
+    loaded = safe_loads(pkl)
+    assert [type(x) for x in loaded] == [np.ndarray, np.ndarray] and loaded[0] is loaded[1]
+    np.testing.assert_array_equal(loaded[0], [0, 1])
+
+
+def test_colliding_hash_keys_are_refused_after_64():
+    keys = {i * (2**61 - 1): None for i in range(1, 66)}
+    with pytest.raises(nbckpt.FormatError, match=r"^more than 64 keys of this pickle share one hash value \(0\)"):
+        safe_loads(pickle.dumps(keys, protocol=2))
+    assert len(safe_loads(pickle.dumps({i: None for i in range(10_000)}, protocol=2))) == 10_000
+
+
+def test_a_key_the_memo_repeats_2_40_times_is_refused_in_linear_time():
+    pkl = b"\x80\x02}K\x01K\x02\x86q\x000" + b"h\x00h\x00\x86q\x000" * 40 + b"h\x00K\x00s."
+    with pytest.raises(nbckpt.FormatError, match="would visit more than 4194304 tuple items"):
+        safe_loads(pkl)
+    small = b"\x80\x02}K\x01K\x02\x86q\x000" + b"h\x00h\x00\x86q\x000" * 10 + b"h\x00K\x00s."
+    assert len(safe_loads(small)) == 1  # 2**10 leaves: hashed as Python would

@@ -33,9 +33,10 @@ from ..api import load, save, scan
 from ..archive import open as open_archive
 from ..compare import diff
 from ..devices import MAP_TEXT_CHOICES, devices, parse_map_text
-from ..errors import DeviceError, FormatError, UnpicklingError
+from ..errors import STRAY_ERRORS, DeviceError, FormatError, UnpicklingError
 from ..remote import is_url
 from ..summary import RECORD_COLUMNS, format_bytes, record_rows, table_html, table_text
+from ..text import escape, safe_repr
 from . import cache, namespace, pictures, stats, views
 
 __all__ = ["CheckpointMagics", "parse_map_location", "SUBCOMMANDS"]
@@ -113,6 +114,9 @@ def _user_errors(*, subject: str = "the file", unpickling: str = "", device: str
         raise UsageError(f"{err}") from err
     except ImportError as err:  # a URL without fsspec or the protocol's package: the message says what to install
         raise UsageError(f"{err}") from err
+    except STRAY_ERRORS as err:  # what no check of nbckpt's caught: still one line, never a traceback
+        raise UsageError(f"{subject} is not a checkpoint nbckpt can read: unexpected {type(err).__name__}: "
+                         f"{safe_repr(str(err), 300)}") from err
 
 
 @magics_class
@@ -209,9 +213,16 @@ class CheckpointMagics(Magics):
     @argument("--unsafe", action="store_true",
               help="weights_only=False: lets the file's pickle run code. Only for files you trust")
     @argument("--as", dest="as_name", metavar="NAME", help="bind the whole loaded object to NAME instead")
+    @argument("--overwrite", action="store_true",
+              help="replace variables that already exist (without it, only the named VARs replace them)")
     def ckpt_load(self, args: Any) -> None:
         """Load PATH: the entries of the dict it holds become variables (or only the named VARs),
-        or the whole object is bound to NAME with --as."""
+        or the whole object is bound to NAME with --as.
+
+        A file never binds dunder names (``__builtins__``), builtins (``print``) or
+        IPython's names, and replaces an existing variable only when you named it or
+        passed --overwrite; what was skipped, and why, is printed.
+        """
         path = _expand(args.path)
         map_location = parse_map_location(args.map_location) if args.map_location else None
         if args.as_name is not None and args.names:
@@ -219,6 +230,12 @@ class CheckpointMagics(Magics):
                              "not both.")
         if args.as_name is not None and namespace.unbindable_keys([args.as_name]):
             raise UsageError(f"--as {args.as_name}: not a Python variable name.")
+        hidden = self.shell.user_ns_hidden
+        for name in ([args.as_name] if args.as_name is not None else args.names):
+            reason = namespace.protected_reason(name, hidden)
+            if reason.startswith("a dunder") or (reason and args.as_name is None):
+                raise UsageError(f"{name} is {reason.split(':')[0]}: %ckpt load never binds it; choose another "
+                                 f"name with --as NAME.")
         if args.unsafe:
             print("--unsafe: loading with weights_only=False; the file's pickle can run any code. "
                   "Use it only for files you trust.")
@@ -230,10 +247,16 @@ class CheckpointMagics(Magics):
             self.shell.push({args.as_name: loaded})
             print(f"loaded {path} as {args.as_name}: {views.describe_value(loaded)}")
             return
-        variables = self._entries(loaded, args.names, path)
-        self.shell.push(variables)
-        print(f"loaded {_count(len(variables), 'variable')} from {path}:")
-        print(views.variables_text(variables))
+        plan = namespace.plan_binding(self._entries(loaded, args.names, path), self.shell.user_ns, hidden,
+                                      named=args.names, overwrite=args.overwrite)
+        self.shell.push(plan.bound)
+        print(f"loaded {_count(len(plan.bound), 'variable')} from {path}" + (":" if plan.bound else "."))
+        if plan.bound:
+            print(views.variables_text(plan.bound))
+        if plan.skipped:
+            print(f"skipped {_count(len(plan.skipped), 'entry', 'entries')}:")
+            width = max(len(escape(name)) for name in plan.skipped)
+            print("\n".join(f"  {escape(name).ljust(width)}  {why}" for name, why in plan.skipped.items()))
 
     @staticmethod
     def _entries(loaded: Any, names: list[str], path: str) -> dict[str, Any]:
@@ -345,6 +368,8 @@ class CheckpointMagics(Magics):
     @argument("b", metavar="B", help="the second checkpoint")
     @argument("-m", "--map-location", dest="map_location", metavar="LOC", default="cpu",
               help="where arrays are compared (default: cpu)")
+    @argument("--widget", action="store_true",
+              help="show the visual diff (DiffBrowser: bars of the relative change, most changed first)")
     def ckpt_diff(self, args: Any) -> None:
         """Compare A and B: arrays only in A, only in B, with another shape or dtype, or other values
         (largest absolute and relative difference), and other entries that differ."""
@@ -352,6 +377,11 @@ class CheckpointMagics(Magics):
         map_location = parse_map_location(args.map_location)
         with _user_errors(subject=f"{a} or {b}", format_hint=f". {_ZIP_ONLY}.", device=" Compare with -m cpu."):
             report = diff(a, b, map_location=map_location)
+        if args.widget:
+            from .diffview import DiffBrowser  # noqa: PLC0415 - the widget layer, only when asked for
+
+            display(DiffBrowser(report))
+            return
         display(views.bundle(str(report), report._repr_html_()), raw=True)
 
     @magic_arguments(name="ckpt devices")

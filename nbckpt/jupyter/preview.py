@@ -27,8 +27,10 @@ import html
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 
 from ..summary import format_bytes, format_shape
+from ..text import safe_repr
 from .stats import ArrayStats, array_stats, first_values
 from .views import pairs_html
 
@@ -129,8 +131,13 @@ def _pictures(array: Any, stats: ArrayStats) -> tuple[widgets.Image | None, widg
     from . import pictures  # noqa: PLC0415 - matplotlib is imported when drawing
 
     try:
-        histogram, heatmap = pictures.histogram_png(array), pictures.heatmap_png(array)
+        with np.errstate(all="ignore"):
+            histogram, heatmap = pictures.histogram_png(array), pictures.heatmap_png(array)
     except ImportError as err:
         return None, None, f"no pictures: they need matplotlib ({err}); pip install 'nbckpt[jupyter]'"
+    except (ValueError, ArithmeticError, MemoryError) as err:
+        # Values from a file can defeat the drawing (a range of ±1.7e308 overflows
+        # the bins); the numbers above are still right, so say so and go on.
+        return None, None, f"no pictures: the values cannot be drawn ({type(err).__name__}: {safe_repr(str(err), 120)})"
     image = lambda png: widgets.Image(value=png, format="png")  # noqa: E731
     return image(histogram), (image(heatmap) if heatmap is not None else None), ""

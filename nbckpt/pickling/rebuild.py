@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
-import contextlib
 import importlib
 import math
 from typing import Any, Callable
 
 import numpy as np
 
+from .keys import KeyGuard
+from ..backends import is_cupy_array
 from ..errors import FormatError, UnpicklingError
 from ..format import dtypes as torch_dtypes
 
@@ -141,6 +142,8 @@ class Rebuilder:
         self.classes: set[int] = set()
         self.tensor_marker = TorchMarker("torch.Tensor")
         self.ndarray_marker = TorchMarker("numpy.ndarray")
+        #: Checks every key the pickle makes a dict or set hash (depth, work, collisions).
+        self.keys = KeyGuard()
         self._register_all()
 
     # -- registration ----------------------------------------------------------
@@ -392,10 +395,8 @@ class Rebuilder:
         """Apply torch's conj/neg bits, once the data is there (legacy files fill it later)."""
         if metadata is None or metadata == {}:
             return array
-        defer = getattr(self._materializer, "defer_until_filled", None)
-        if defer is not None:
-            return defer(array, lambda a: _apply_math_bits(a, metadata))
-        return _apply_math_bits(array, metadata)
+        # Legacy files fill the data after the pickle: the materializer decides when.
+        return self._materializer.defer_until_filled(array, lambda a: _apply_math_bits(a, metadata))
 
     def rebuild_tensor_v3(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
                           requires_grad: Any, backward_hooks: Any, dtype: Any,
@@ -437,15 +438,8 @@ class Rebuilder:
         name = layout.name.removeprefix("torch.") if isinstance(layout, TorchMarker) else None
         if name not in _SPARSE_LAYOUTS:
             raise FormatError(f"_rebuild_sparse_tensor needs a sparse layout, got {layout!r}")
-        describe = getattr(self._materializer, "sparse", None)
-        if describe is not None:  # a lazy listing: describe the parts, build nothing
-            return describe(name, data)
-        defer = getattr(self._materializer, "defer_sparse", None)
-        if defer is not None:  # legacy files: the arrays get their data after the pickle
-            return defer(name, data)
-        from .. import sparse  # scipy is imported there, only when a file has sparse tensors
-
-        return sparse.from_torch_parts(name, data)
+        # Built now, once the data is in (legacy files) or described (nbckpt.open): see Materializer.
+        return self._materializer.sparse(name, data)
 
     def rebuild_meta_tensor_no_storage(self, dtype: Any, size: Any, stride: Any,
                                        requires_grad: Any = False) -> Any:
@@ -491,21 +485,21 @@ class Rebuilder:
 
     def ordered_dict(self, items: Any = ()) -> collections.OrderedDict:
         pairs = _pairs(items, "OrderedDict")
-        _check_items([key for key, _ in pairs])
+        self.keys.check_all(key for key, _ in pairs)
         return collections.OrderedDict(pairs)
 
     def counter(self, items: Any = ()) -> collections.Counter:
         if isinstance(items, dict):
             items = list(items.items())
         pairs = _pairs(items, "Counter")
-        _check_items([key for key, _ in pairs])
+        self.keys.check_all(key for key, _ in pairs)
         return collections.Counter(dict(pairs))
 
     def make_set(self, items: Any = ()) -> set:
-        return set(_check_items(_items(items, "set")))
+        return set(self.keys.check_all(_items(items, "set")))
 
     def make_frozenset(self, items: Any = ()) -> frozenset:
-        return frozenset(_check_items(_items(items, "frozenset")))
+        return frozenset(self.keys.check_all(_items(items, "frozenset")))
 
     def make_complex(self, real: Any = 0, imag: Any = 0) -> complex:
         if not all(type(v) in (int, float) for v in (real, imag)):
@@ -559,33 +553,9 @@ class Rebuilder:
         return np.frombuffer(data, dtype=dtype)[0]
 
 
-#: Deepest nesting of tuples/frozensets that may be hashed (a dict key, a set item).
-MAX_HASHED_NESTING = 1000
-
-
 def check_nesting(value: Any) -> None:
-    """FormatError if hashing ``value`` would recurse more than :data:`MAX_HASHED_NESTING` deep.
-
-    CPython hashes a tuple by hashing its items, recursively and in C without a
-    stack check: a pickle of 300,000 nested tuples used as a dict key would
-    crash the interpreter. The walk is iterative and stops at the limit.
-    """
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_HASHED_NESTING:
-            raise FormatError(f"a key nests tuples more than {MAX_HASHED_NESTING} levels deep",
-                              record="data.pkl")
-        for inner in item:
-            if type(inner) is tuple or type(inner) is frozenset:
-                stack.append((inner, depth + 1))
-
-
-def _check_items(items: list) -> list:
-    for item in items:
-        if type(item) is tuple or type(item) is frozenset:
-            check_nesting(item)
-    return items
+    """FormatError if hashing ``value`` would recurse too deep or too long (see :mod:`.keys`)."""
+    KeyGuard().check(value)
 
 
 def canonical_name(module: str, name: str) -> str:
@@ -632,7 +602,7 @@ def _apply_math_bits(array: Any, metadata: Any) -> Any:
     if not isinstance(metadata, dict) or not set(metadata) <= {"conj", "neg"}:
         raise FormatError(f"unknown tensor metadata {metadata!r}")
     conj, neg = bool(metadata.get("conj")), bool(metadata.get("neg"))
-    if not (isinstance(array, np.ndarray) or type(array).__module__.startswith("cupy")):
+    if not (isinstance(array, np.ndarray) or is_cupy_array(array)):
         # a lazy description (nbckpt.open): it records the bits
         if conj:
             array = array.conj()
@@ -669,9 +639,9 @@ def transform_covered(array: Any, conj: bool, neg: bool) -> Any:
 
 def _device_scope(array: Any) -> Any:
     """CuPy's ``Device(N)`` for an array on GPU N (CuPy is imported only if it is one)."""
-    if type(array).__module__.startswith("cupy"):
-        return importlib.import_module("cupy").cuda.Device(array.device.id)
-    return contextlib.nullcontext()
+    from ..backends import device_scope
+
+    return device_scope(array)
 
 
 def _numeric_dtype(name: Any) -> np.dtype:

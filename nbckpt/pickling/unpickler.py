@@ -20,11 +20,13 @@ import collections
 import io
 import pickle
 import struct
+import types
 from typing import Any
 
 from ..errors import CheckpointError, FormatError, UnpicklingError
 from . import allowlist
-from .rebuild import PendingObject, Rebuilder, canonical_name, check_nesting
+from .decision import RESTRICTED_GETATTR, decide
+from .rebuild import PendingObject, Rebuilder
 
 __all__ = ["SafeUnpickler", "FullUnpickler", "MAX_NESTING"]
 
@@ -70,10 +72,8 @@ for _code, _name in ((b"I", "INT"), (b"L", "LONG"), (b"F", "FLOAT"), (b"S", "STR
     _REFUSED[_code[0]] = (_name, "belongs to the text pickle protocol 0, which torch never writes")
 
 _DICT_TYPES = (dict, collections.OrderedDict, collections.Counter)
-# Containers whose hash recurses into their items, in C and without a stack check:
-# hashing a pickle's 300,000 nested tuples would crash the interpreter, so their
-# depth is checked (check_nesting) wherever the machine hashes a value.
-_HASHED_NESTING = frozenset({tuple, frozenset})
+# Every key the machine makes a dict or set hash goes through Rebuilder.keys
+# (nbckpt.pickling.keys): nesting depth, walking work and hash collisions are bounded.
 
 
 class SafeUnpickler:
@@ -98,7 +98,7 @@ class SafeUnpickler:
         self.position = start
         self.globals_seen: list[str] = []
         self._user_callables: set[int] = set()
-        self._user_classes: set[int] = set()
+        self._user_classes: dict[int, str] = {}  # id -> the dotted name it was allowed as
         self._unfinished: dict[int, PendingObject] = {}
         # ``getattr(Outer, "Nested")`` is how protocol 2 names nested classes.
         self._getattr = self.restricted_getattr  # one bound method, so its id is stable
@@ -107,50 +107,58 @@ class SafeUnpickler:
     # -- globals ------------------------------------------------------------------
 
     def find_class(self, module: str, name: str) -> Any:
-        """The object for GLOBAL ``module.name``: allowlisted, or refused."""
-        dotted = canonical_name(module, name)
+        """The object for GLOBAL ``module.name``: allowlisted, or refused (see :func:`.decision.decide`)."""
+        decision = decide(module, name, self._rebuilder.globals)
+        dotted = decision.name
         self.globals_seen.append(dotted)
-        if dotted == "builtins.getattr":
+        if decision.kind == "restricted":
             return self._getattr
-        mod, _, short = dotted.rpartition(".")
-        reason = allowlist.blocked_reason(mod, short)
-        if reason is not None:
+        if decision.kind == "blocked":
             raise UnpicklingError(
-                f"weights_only=True refused GLOBAL {dotted}: it is blocked, because {reason}; "
+                f"weights_only=True refused GLOBAL {dotted}: it is {decision.reason}; "
                 f"nbckpt never loads it, even when allowlisted. Load this file with weights_only=False "
                 f"only if you trust its source completely: it would run that code.",
                 global_name=dotted,
             )
-        found = self._rebuilder.resolve(module, name)
-        if found is not None:
-            return found[1]
-        allowed, obj = allowlist.user_global(dotted)
-        if allowed:
-            if callable(obj):
-                self._user_callables.add(id(obj))
-            if isinstance(obj, type):
-                self._user_classes.add(id(obj))
-            return obj
-        raise UnpicklingError(allowlist.refusal_message(dotted), global_name=dotted)
+        if not decision.allowed:
+            raise UnpicklingError(allowlist.refusal_message(dotted), global_name=dotted)
+        obj = decision.obj
+        if decision.kind == "user":
+            self._trust_user_object(obj, dotted)
+        return obj
+
+    def _trust_user_object(self, obj: Any, dotted: str) -> None:
+        if callable(obj):
+            self._user_callables.add(id(obj))
+        if isinstance(obj, type):
+            self._user_classes[id(obj)] = dotted
 
     def restricted_getattr(self, obj: Any, name: Any) -> Any:
-        """``getattr`` as protocol 2 uses it for nested classes, and nothing more.
+        """``getattr`` as protocol 2 uses it for nested classes and class-bound methods, nothing more.
 
-        Only an attribute of a user-allowlisted class that is itself allowlisted
-        may be fetched; anything else (``getattr(x, "__globals__")``...) is refused.
+        Only ``getattr(Outer, "Nested")`` (or ``getattr(ZoneInfo, "_unpickle")``) where
+        ``Outer`` is a user-allowlisted class and ``Outer.Nested`` is itself allowed by
+        :func:`.decision.decide` (under that dotted name) may be fetched; anything else
+        (``getattr(x, "__globals__")``...) is refused.
         """
-        if type(name) is str and not name.startswith("_") and id(obj) in self._user_classes:
+        dunder = type(name) is str and name.startswith("__") and name.endswith("__")
+        outer = self._user_classes.get(id(obj)) if type(name) is str and not dunder else None
+        if outer is not None:
+            module, _, qualname = outer.rpartition(".")
+            decision = decide(module, f"{qualname}.{name}", self._rebuilder.globals)
             value = getattr(obj, name, None)
-            if value is not None and any(value is g for g in allowlist.get_safe_globals()):
-                if callable(value):
-                    self._user_callables.add(id(value))
-                if isinstance(value, type):
-                    self._user_classes.add(id(value))
-                return value
+            # A method bound to a class (ZoneInfo._unpickle) is a new object on every access.
+            same = value is decision.obj or (
+                isinstance(value, (types.MethodType, types.BuiltinMethodType)) and value == decision.obj)
+            if decision.kind == "user" and same:
+                self._trust_user_object(decision.obj, decision.name)
+                return decision.obj
+        member = f"{outer}.{name}" if outer is not None else f"{getattr(obj, '__qualname__', type(obj).__qualname__)}.{name}"
         raise UnpicklingError(
-            f"weights_only=True refused getattr({obj!r}, {name!r}): only an allowlisted class's "
-            f"allowlisted member (a nested class) may be fetched",
-            global_name="builtins.getattr",
+            f"weights_only=True refused getattr({obj!r}, {name!r}): only an allowlisted member of an "
+            f"allowlisted class may be fetched. If you trust this file, allow it with "
+            f"nbckpt.safe_globals([{member}])",
+            global_name=RESTRICTED_GETATTR,
         )
 
     # -- helpers -----------------------------------------------------------------------
@@ -251,6 +259,7 @@ class SafeUnpickler:
         callables = self._rebuilder.callables
         user_callables = self._user_callables
         persistent_load = self._persistent_load
+        check_key = self._rebuilder.keys.check
         try:
             while True:
                 op = data[pos]
@@ -332,8 +341,8 @@ class SafeUnpickler:
                         raise self._fail(pos, "SETITEMS needs key/value pairs, got an odd number of items")
                     for i in range(0, len(items), 2):
                         key = items[i]
-                        if type(key) in _HASHED_NESTING:
-                            check_nesting(key)
+                        if type(key) is not str:
+                            check_key(key)
                         target[key] = items[i + 1]
                 elif op == _LONG_BINGET:
                     value = memo[_unpack_u4(data, pos)[0]]
@@ -375,8 +384,8 @@ class SafeUnpickler:
                     target = stack[-1]
                     if type(target) not in _DICT_TYPES:
                         raise _refuse_target("SETITEM", target, "dict, OrderedDict or Counter", pos - 1)
-                    if type(key) in _HASHED_NESTING:
-                        check_nesting(key)
+                    if type(key) is not str:
+                        check_key(key)
                     target[key] = value
                 elif op == _APPEND:
                     value = stack.pop()
@@ -404,9 +413,12 @@ class SafeUnpickler:
                             if memo.get(index) is inst:
                                 memo[index] = built
                 elif op == _MEMOIZE:
-                    value = memo[len(memo)] = stack[-1]
+                    # The slot is len(memo) *before* the write: a memo with a gap
+                    # (BINPUT 5 first) overwrites an existing slot and keeps its length.
+                    index = len(memo)
+                    value = memo[index] = stack[-1]
                     if unfinished and id(value) in unfinished:
-                        pending_slots.setdefault(id(value), []).append(len(memo) - 1)
+                        pending_slots.setdefault(id(value), []).append(index)
                 elif op == _SHORT_BINUNICODE or op == _BINUNICODE8:
                     if op == _SHORT_BINUNICODE:
                         n = data[pos]
@@ -469,8 +481,7 @@ class SafeUnpickler:
                     if type(target) is not set:
                         raise _refuse_target("ADDITEMS", target, "set", pos - 1)
                     for item in items:
-                        if type(item) in _HASHED_NESTING:
-                            check_nesting(item)
+                        check_key(item)
                     target.update(items)
                 elif op == _FROZENSET:
                     if not marks:
@@ -479,8 +490,7 @@ class SafeUnpickler:
                     items = stack[k:]
                     del stack[k:]
                     for item in items:
-                        if type(item) in _HASHED_NESTING:
-                            check_nesting(item)
+                        check_key(item)
                     append(frozenset(items))
                 elif op == _STACK_GLOBAL:
                     name = stack.pop()

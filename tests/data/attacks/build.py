@@ -9,9 +9,10 @@ from it. ``tests/test_attacks.py`` runs them all.
 
 Nothing here runs a payload: pickles are emitted opcode by opcode. Payloads
 that would do harm if executed only ever touch a canary path,
-``/tmp/nbckpt-canary-<name>`` (a fixed path: the test removes it before loading
-and asserts that it never appears), or import a module nbckpt never imports
-(``this``), or add to nbckpt's safe-globals list; the test checks all three.
+``nbckpt-canary-<name>`` (relative: the test runs every entry point in a fresh
+folder of its own, and asserts that no canary appears there), or import a module
+nbckpt never imports (``this``), or add to nbckpt's safe-globals list; the test
+checks all three.
 
 torch is used for two control files only (written by ``torch.save``); without
 torch they are skipped and the other files are still built. The output is
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-CANARY_PREFIX = "/tmp/nbckpt-canary-"
+CANARY_PREFIX = "nbckpt-canary-"  # relative to the folder the test runs each entry point in
 #: A module nbckpt never imports; a payload that imports it is detected by the test.
 CANARY_MODULE = "this"
 
@@ -50,17 +51,29 @@ def canary(name: str) -> str:
 #: Arrays up to this size are compared by content; larger ones by shape and strides only.
 HASH_LIMIT = 1 << 20
 _MAX_SUMMARY_DEPTH = 40
+#: Objects described at most (a value the memo repeats 2**40 times is cut there).
+_MAX_SUMMARY_ITEMS = 100_000
 
 
-def summarize(obj: Any, _depth: int = 0) -> Any:
+def summarize(obj: Any, _depth: int = 0, _budget: list | None = None) -> Any:
     """A JSON-able description of a loaded object (arrays by dtype, shape and content hash).
 
-    Deep structures are cut at a fixed depth; unknown objects are described by their
-    type only, so an internal placeholder leaking into a result shows up.
+    Deep structures are cut at a fixed depth, large ones after a fixed number of
+    objects; unknown objects are described by their type only, so an internal
+    placeholder leaking into a result shows up.
     """
+    if _budget is None:
+        _budget = [_MAX_SUMMARY_ITEMS]
+    _budget[0] -= 1
+    if _budget[0] < 0:
+        return {"cut": True}
     if _depth > _MAX_SUMMARY_DEPTH:
         return {"deep": True}
     d = _depth + 1
+
+    def summarize(obj: Any, _depth: int) -> Any:  # noqa: F811 - the same budget all the way down
+        return _summarize(obj, _depth, _budget)
+
     if obj is None or isinstance(obj, str):
         return obj
     if isinstance(obj, bool):
@@ -106,6 +119,9 @@ def summarize(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, slice):
         return {"slice": [summarize(obj.start, d), summarize(obj.stop, d), summarize(obj.step, d)]}
     return {"type": f"{module}.{type(obj).__qualname__}"}
+
+
+_summarize = summarize
 
 
 class Summary(dict):
@@ -546,6 +562,12 @@ def tar_checkpoint(*, pickle_obj: Any = None, storages: bytes | None = None,
     return tar_bytes([m for m in members if m[0] != drop])
 
 
+def tar_checkpoint_member(name: str) -> bytes:
+    """The ``storages`` or ``tensors`` member :func:`tar_checkpoint` writes by default."""
+    with tarfile.open(fileobj=io.BytesIO(tar_checkpoint())) as tar:
+        return tar.extractfile(name).read()
+
+
 # ---------------------------------------------------------------------------------------
 # The corpus
 # ---------------------------------------------------------------------------------------
@@ -619,6 +641,7 @@ def build_cases(with_torch: bool = True) -> None:
         value=_with_attrs(od_value(("w", w_value())), _metadata=od_value(("", {"version": 1}))))
     if with_torch:
         _torch_controls()
+    _round_two_cases()
 
     # -- GLOBAL / STACK_GLOBAL of code-running callables ---------------------------------
     group("GLOBAL and STACK_GLOBAL of callables that run code or reach the system")
@@ -650,12 +673,14 @@ def build_cases(with_torch: bool = True) -> None:
     refuse_global("g_io_open", R(G("io", "open"), (c("g_io_open"), "w")), "io.open", "GLOBAL io.open(canary, 'w')")
     refuse_global("g_builtins_getattr_globals",
                   R(G("builtins", "getattr"), (G("torch._utils", "_rebuild_tensor_v2"), "__globals__")),
-                  "builtins.getattr",
+                  "torch._utils._rebuild_tensor_v2.__globals__",
                   "builtins.getattr(<allowlisted rebuild function>, '__globals__') to reach a module's globals",
                   error="UnpicklingError")
     refuse_global("g_builtins_getattr_method",
                   R(R(G("builtins", "getattr"), (G("collections", "OrderedDict"), "fromkeys")), ([1],)),
-                  "builtins.getattr", "builtins.getattr(collections.OrderedDict, 'fromkeys') then a call")
+                  "collections.OrderedDict.fromkeys",
+                  "builtins.getattr(collections.OrderedDict, 'fromkeys') then a call (scan reports what "
+                  "getattr fetches, decided like a global)")
     refuse_global("g_builtins_setattr", R(G("builtins", "setattr"), (G("collections", "OrderedDict"), "x", 1)),
                   "builtins.setattr", "GLOBAL builtins.setattr on an allowlisted class")
     refuse_global("g_builtins_type", R(G("builtins", "type"), ("X", (), {})), "builtins.type",
@@ -899,7 +924,8 @@ def build_cases(with_torch: bool = True) -> None:
                      (G("builtins", "getattr"), G("torch", "Tensor"), (G("torch._utils", "_rebuild_tensor_v2"),
                                                                         "__globals__"), {}))}),
         "_rebuild_from_type_v2 asked to call getattr (a callable that is not a rebuild function)",
-        "refuse (UnpicklingError)", error="UnpicklingError", scan="ok", scan_flags=["builtins.getattr"])
+        "refuse (UnpicklingError); scan reports builtins.getattr as restricted (allowed only for nested "
+        "classes): the VM refuses it here", error="UnpicklingError", scan="ok")
     add("reduce_from_type_v2_state", "zip",
         ckpt({"w": R(G("torch._tensor", "_rebuild_from_type_v2"),
                      (G("torch._utils", "_rebuild_tensor_v2"), G("torch", "Tensor"),
@@ -1482,6 +1508,149 @@ def build_cases(with_torch: bool = True) -> None:
         "a PAX extended header followed by a corrupt member header", "refuse (FormatError)", error="FormatError")
 
 
+def _scan_hiding(opcodes: bytes) -> bytes:
+    """A pickle that leaves 'os' and 'system' on the stack, runs ``opcodes`` (which must leave the
+    stack as it was), then STACK_GLOBAL + REDUCE: os.system('touch <canary>')."""
+    return (b"\x80\x02" + _str("os") + _str("system") + opcodes + b"\x93"
+            + _str(f"touch {canary('scan_hidden')}") + b"\x85R.")
+
+
+def _billion_laughs(leaf: Any, depth: int) -> Raw:
+    """``leaf`` in a list of two, that list in a list of two... ``depth`` times: 2**depth leaves
+    through the memo, a few bytes each level."""
+    out = bytearray()
+    _emit(out, leaf)
+    out += b"q\x00"
+    for _ in range(depth):
+        out += b"0]q\x01(h\x00h\x00eq\x00"  # pop; x = [m0, m0]; m0 = x
+    return Raw(bytes(out))
+
+
+def _round_two_cases() -> None:
+    """Issue 15: the tools around the loader (scan, diff, convert, the CLI, the notebook)."""
+    group("Round two: files that fool the inspection tools or grow in the tools around load")
+    # scan must follow the stack as pickle does after MARK-consuming opcodes
+    for name, ops in (("tuple", b"(" + _str("a") + b"t0"), ("pop_mark", b"(" + _str("a") + _str("b") + b"1"),
+                      ("pop_of_mark", b"(0"), ("frozenset", b"(" + _str("a") + b"\x910"),
+                      ("appends", b"](" + _str("a") + b"e0"), ("setitems", b"}(" + _str("a") + _str("b") + b"u0")):
+        add(f"scan_hidden_{name}", "zip", ckpt(None, pkl=_scan_hiding(ops)),
+            f"os.system by STACK_GLOBAL after a {name.upper()} that a scan following the stack wrongly "
+            f"pairs with other strings", "refuse (UnpicklingError); scan reports os.system as refused",
+            error="UnpicklingError", scan="ok", scan_flags=["os.system"])
+    add("scan_hidden_extension", "zip", ckpt(None, pkl=b"\x80\x02\x82\x07)R."),
+        "a global named by a copyreg extension code (EXT1)", "refuse (UnpicklingError); scan reports the "
+        "extension code as refused", error="UnpicklingError", scan="ok", scan_flags=["<copyreg extension 7>"])
+    # internal placeholders escaping load
+    reconstruct = R(G("numpy.core.multiarray", "_reconstruct"), (G("numpy", "ndarray"), (0,), b"b"))
+    state = (1, (2,), np_dtype("f4"), False, np.arange(2, dtype=np.float32).tobytes())
+    pkl = (b"\x80\x04" + b"]" + b"K\x07q\x01" + b"0"  # memo {1: 7}: a gap at slot 0
+           + emit(reconstruct, proto=False, stop=False) + b"\x94"  # MEMOIZE writes slot 1 (len(memo) was 1)
+           + emit(state, proto=False, stop=False) + b"b" + b"a" + b"h\x01a.")
+    add("memo_gap_placeholder", "zip", ckpt(None, pkl=pkl),
+        "MEMOIZE into a memo with a gap, on a NumPy array BUILD completes later: the memo slot kept the "
+        "placeholder", "load the list of the finished array twice (no placeholder)", load="ok",
+        value=[np.arange(2, dtype=np.float32)] * 2)
+    # bounded hashing
+    add("hash_collision_keys", "zip",
+        ckpt(None, pkl=b"\x80\x02}(" + b"".join(emit(i * (2**61 - 1), proto=False, stop=False) + b"N"
+                                                for i in range(1, 3001)) + b"u."),
+        "3000 int dict keys that all hash to 0 (i * (2**61 - 1)): quadratic dict building",
+        "refuse (FormatError) past 64 equal hashes", error="FormatError", bomb=True)
+    add("hash_collision_complex", "zip",
+        ckpt(None, pkl=b"\x80\x02\x8f(" + b"".join(
+            emit(R(G("builtins", "complex"), (float(1000003 * i), float(-i))), proto=False, stop=False)
+            for i in range(1, 2001)) + b"\x90."),
+        "2000 complex set items with one hash (a + 1000003 b constant)", "refuse (FormatError)",
+        error="FormatError", bomb=True)
+    add("billion_laughs_tuple_key", "zip",
+        ckpt(None, pkl=b"\x80\x02}K\x01K\x02\x86q\x000" + b"h\x00h\x00\x86q\x000" * 40 + b"h\x00K\x00s."),
+        "a dict key of 40 levels of t = (t, t): hashing it takes 2**40 steps", "refuse (FormatError)",
+        error="FormatError", bomb=True)
+    # memo "billion laughs": 2**40 references to one value, in a few hundred bytes
+    add("billion_laughs_values", "zip", ckpt({"w": tensor(), "config": _billion_laughs("x", 40)}),
+        "a value holding 2**40 references to one string through the memo: every tool that walks, "
+        "compares, prints or converts values must count each object once (or stop)",
+        "load it (the value shares its lists)", load="ok")
+    add("billion_laughs_arrays", "zip", ckpt({"w": _billion_laughs(tensor(), 40)}),
+        "2**40 paths to one array through the memo: a flat conversion would write it 2**40 times",
+        "load it; convert refuses (FormatError)", load="ok", open="ok_or_error", verify="either")
+    # views that repeat their data
+    add("stride0_view_2_40", "zip", ckpt({"w": tensor(offset=0, size=(1 << 40,), stride=(0,))}),
+        "a tensor of 2**40 elements over one float (stride 0): diff, convert, show and previews must not "
+        "expand it", "load it as a stride-0 view", load="ok",
+        value=Summary(dict=[["w", {"ndarray": "<f4", "shape": [1 << 40], "strides": [0]}]]))
+    # values tools show
+    extremes = np.array([1.7e308, -1.7e308, 0.0])
+    add("float_extremes", "zip",
+        ckpt({"w": tensor(storage_pid(numel=3, cls="DoubleStorage"), size=(3,), stride=(1,))},
+             {"0": extremes.tobytes()}),
+        "floats near ±1.7e308 in an array (a histogram's range overflows)", "load it; previews show it",
+        load="ok", value={"w": extremes})
+    add("huge_int_value", "zip", ckpt({"w": tensor(), "n": 10 ** 5000, "m": -(10 ** 5000)}),
+        "ints of 5000 digits as values (str() of them raises ValueError)", "load them", load="ok",
+        value={"w": w_value(), "n": 10 ** 5000, "m": -(10 ** 5000)})
+    add("control_characters", "zip",
+        ckpt({"w\x1b[2J\x1b]0;pwned\x07": tensor(), "ok\rFAKE": 1, "\u202eevil": "\x1b[31mred\x08"}),
+        "names and values with ESC, BEL, CR, backspace and a bidi override: a CLI that prints them raw "
+        "lets the file rewrite the terminal", "load them; the CLI prints them escaped", load="ok",
+        value={"w\x1b[2J\x1b]0;pwned\x07": w_value(), "ok\rFAKE": 1, "\u202eevil": "\x1b[31mred\x08"})
+    add("namespace_takeover", "zip",
+        ckpt({"w": tensor(), "__builtins__": 1, "print": 2, "np": 3, "In": 4, "get_ipython": 5}),
+        "entries named __builtins__, print, np, In, get_ipython: %ckpt load must not bind them",
+        "load them; %ckpt load binds only w", load="ok",
+        value={"w": w_value(), "__builtins__": 1, "print": 2, "np": 3, "In": 4, "get_ipython": 5})
+    add("npz_path_traversal", "zip",
+        ckpt({"../../nbckpt-canary-npz": tensor(), "/abs": tensor(), "a\\..\\b": tensor()}),
+        "entry names with ../, a leading / and backslashes: converted to .npz as they are, unzip writes "
+        "outside its folder", "load them; convert writes safe entry names", load="ok",
+        value={"../../nbckpt-canary-npz": w_value(), "/abs": w_value(), "a\\..\\b": w_value()})
+    add("colliding_dotted_names", "zip", ckpt({"a.b": tensor(), "a": {"b": tensor()}}),
+        "two arrays that flatten to one dotted name (a.b)", "load them; diff and convert keep them apart "
+        "(or refuse)", load="ok", value={"a.b": w_value(), "a": {"b": w_value()}})
+    add("cuda_5000_digits", "zip", ckpt({"w": tensor(storage_pid(location="cuda:" + "9" * 5000))}),
+        "a storage location cuda: followed by 5000 digits", "refuse (DeviceError or FormatError)",
+        load="error")
+    # verify must not pass what load refuses
+    add("tensor_as_dict_key", "zip", ckpt(None, pkl=b"\x80\x02}" + emit(tensor(), proto=False, stop=False)
+                                           + b"K\x01s."),
+        "a tensor used as a dict key (NumPy arrays are unhashable)", "refuse (FormatError); verify reports it",
+        error="FormatError")
+    evil = emit({"w": PID(str(TAR_TENSOR)), "x": R(G("os", "system"), (f"touch {canary('tar_scan_member')}",))})
+    link = io.BytesIO()
+    with tarfile.open(fileobj=link, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("sys_info", emit(dict(SYS_INFO, protocol_version=1000))), ("pickle", evil),
+                           ("benign", emit({"w": 1}))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("pickle")
+        info.type, info.linkname = tarfile.SYMTYPE, "benign"
+        tar.addfile(info)
+        for name, data in (("tensors", tar_checkpoint_member("tensors")), ("storages", tar_checkpoint_member("storages"))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    add("tar_scan_member", "tar", link.getvalue(),
+        "two members named pickle: a regular file calling os.system, then a symlink to a benign pickle; "
+        "a scan that reads the last entry sees only the benign one", "refuse (UnpicklingError); scan reads the "
+        "member load runs and reports os.system", error="UnpicklingError", scan="ok", scan_flags=["os.system"])
+    legacy_coo = R(G("torch._utils", "_rebuild_sparse_tensor"), (
+        R(G("torch.serialization", "_get_layout"), ("torch.sparse_coo",)),
+        (tensor(legacy_pid("0", 2, cls="LongStorage"), 0, (2, 1), (1, 1)),
+         tensor(legacy_pid("1", 1), 0, (1,), (1,)), (2, 2), False)))
+    legacy_sparse = {"0": (2, np.array([1, 0], np.int64).tobytes()), "1": (1, np.ones(1, np.float32).tobytes())}
+    add("legacy_sparse_in_set", "legacy",
+        legacy_stream({"s": R(G("builtins", "set"), ([legacy_coo],))}, legacy_sparse),
+        "a legacy sparse tensor inside a set (it is built after the pickle ends, in place of a placeholder)",
+        "refuse (a sparse matrix cannot be a set item); never return the placeholder", error="FormatError")
+    add("legacy_sparse_as_key", "legacy", legacy_stream({"s": Raw(b"}" + emit(legacy_coo, proto=False, stop=False)
+                                                                 + b"K\x01s")}, legacy_sparse),
+        "a legacy sparse tensor as a dict key", "refuse; never return the placeholder", error="FormatError")
+    add("size1_stride_2_62", "zip", ckpt({"w": tensor(size=(1, 6), stride=(2**62, 1))}),
+        "a size-1 dimension with a 2**62 stride", "refuse (FormatError) or load; verify agrees with load",
+        load="ok_or_error", error="FormatError")
+
+
 class _Meta:
     """Stands for an nbckpt MetaArray when computing the expected summary."""
 
@@ -1586,7 +1755,7 @@ def _torch_controls() -> None:
 def manifest_entry(case: Case) -> dict:
     open_expect = case.open
     if open_expect is None:
-        open_expect = case.load if case.kind == "zip" else "error"
+        open_expect = case.load  # nbckpt.open reads every format load reads (issue 14)
     verify_expect = case.verify
     if verify_expect is None:
         verify_expect = {"ok": "ok", "error": "problems", "ok_or_error": "either"}[case.load]
@@ -1645,8 +1814,38 @@ def readme(entries: list[dict]) -> str:
         must = e["must"]
         tag = e["load"] if e["load"] != "error" else f"error: {e['error']}"
         lines.append(f"| `{e['file']}` | {_md(e['attack'])} | {_md(must)} (`{tag}`) |")
-    lines.append("")
+    lines += ["", *ROUND_TWO_NOTES, ""]
     return "\n".join(lines)
+
+
+#: What was tried against the tools around the loader (issue 15), including what did not get through.
+ROUND_TWO_NOTES = [
+    "## Round two: what was tried (and what it found)",
+    "",
+    "Tried as someone who wants past the loader, against every entry point, not only `load`:",
+    "",
+    "- **Fooling the scan.** MARK-consuming opcodes (TUPLE, POP_MARK, POP of a mark, FROZENSET, APPENDS,",
+    "  SETITEMS) between the two strings and STACK_GLOBAL: the old scan popped one item too many and paired",
+    "  `system` with another string (files `scan_hidden_*`). EXT1 codes (never shown before). The memo and",
+    "  DUP to move strings; Python 2 names (`__builtin__`); protocol-0 GET/PUT arguments; FRAME lengths that",
+    "  lie (Python's pure unpickler reads on past a frame, so the byte order is unchanged); UTF-8 vs latin-1",
+    "  readings of GLOBAL names (the scan now reads them as pickle does). tests/test_scan.py checks the scan",
+    "  against `pickle._Unpickler` itself on this corpus and on fuzzed opcode streams. Open: the tar format's",
+    "  `storages`/`tensors` members hold pickles that `load` runs and `scan` does not read (H2's tar reader).",
+    "- **Placeholders escaping.** MEMOIZE into a memo with a gap recorded the wrong slot for an unfinished",
+    "  NumPy array (`memo_gap_placeholder`): fixed. BUILD twice, DUP/BINGET of an unfinished object, APPEND",
+    "  of one: refused as before.",
+    "- **Hashing.** 3000 ints `i * (2**61 - 1)` (all hash 0), complex numbers with one hash, and a tuple key",
+    "  repeated 2**40 times through the memo: refused (`nbckpt.pickling.keys`).",
+    "- **Growth in the tools.** A value of 2**40 references (`billion_laughs_values`), 2**40 paths to one",
+    "  array (`billion_laughs_arrays`), a stride-0 view of 2**40 elements: diff, convert, `ls --json`, `show`,",
+    "  `%ckpt load` and the previews stay bounded (convert refuses past its stated limit).",
+    "- **Terminal and notebook.** ESC/BEL/CR/bidi characters in names, values and file names; entries named",
+    "  `__builtins__`, `print`, `np`, `In`; `../`, `/` and backslashes in names converted to .npz.",
+    "- **Not closed yet** (strict xfails in tests/test_attacks.py, owners named there): `open`/`verify` accept",
+    "  a tensor used as a dict key; `open` raises NumPy's ValueError on a 2**62 stride; a `cuda:` location of",
+    "  5000 digits; value previews of 5000-digit ints.",
+]
 
 
 def _md(text: str) -> str:
