@@ -3,6 +3,8 @@
     python -m benchmarks.run                  # all scenarios, 5 runs each (several minutes)
     python -m benchmarks.run --quick          # tiny data, 1 run: a smoke test
     python -m benchmarks.run --scenarios big small --runs 3 --libs nbckpt torch
+    python -m benchmarks.run --scaling --plot # and the scaling run; a chart in docs/benchmark.png
+    python -m benchmarks.run --from-json benchmarks/results/latest.json --plot   # redraw only
 
 Every figure is the median of ``--runs`` runs, each in a fresh Python process
 (so imports, caches and allocator state are the same for every library), with
@@ -12,7 +14,10 @@ memory is the growth of the process's resident set during the operation.
 
 The output is a table of medians with each library's time as a ratio to
 nbckpt's, and a JSON file with every run (``--json``, default
-``benchmarks/results/latest.json``).
+``benchmarks/results/latest.json``). ``--scaling`` adds the scaling run
+(nbckpt and torch; 1,000 to 100,000 records, 64 MiB to ``--scaling-max-mib``,
+1 GiB unless told otherwise: 4 GiB takes minutes on a small machine) and its
+table of time per record and per GiB; ``--plot`` draws both (see ``plot.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .scenarios import SCENARIOS
-from .worker import LIBRARIES
+from .scenarios import SCALING_MIB, SCALING_RECORDS, SCENARIOS, scenario
+from .worker import AVAILABLE, LIBRARIES
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTENSIONS = {"nbckpt": ".pt", "nbckpt-scratch": ".pt", "torch": ".pt", "safetensors": ".safetensors", "numpy": ".npz", "plain": ".bin"}
+EXTENSIONS = {"nbckpt": ".pt", "nbckpt-scratch": ".pt", "torch": ".pt", "safetensors": ".safetensors", "numpy": ".npz",
+              "plain": ".bin", "plain-durable": ".bin"}
 OP_TITLES = {"save": "save", "load": "load", "load_mmap": "load(mmap)", "open_list": "open + list",
              "load_one": "load one record"}
 
@@ -61,41 +67,56 @@ def run_worker(lib: str, op: str, scenario: str, path: str, quick: bool, check: 
 
 
 def measure(scenarios, libs, runs: int, quick: bool, workdir: Path, cold: bool, only=None) -> list[dict]:
+    """Run every (library, operation) of each scenario ``runs`` times, interleaved.
+
+    Run k of every library comes before run k + 1 of any: on a shared machine
+    whose load drifts, each library then sees the same conditions, and the
+    ratios of one run stay comparable.
+    """
     rows = []
     for scenario_name in scenarios:
-        scenario = SCENARIOS[scenario_name]
+        this = scenario(scenario_name)
+        paths = {lib: str(workdir / f"{scenario_name}-{lib}{EXTENSIONS[lib]}") for lib in libs}
+        # The file every load reads is written by a (timed) save first.
+        ordered = ("save",) + tuple(op for op in this.ops if op != "save")
+        planned: dict[str, list[str]] = {}
+        wanted = [op for op in (ordered if "save" in this.ops else this.ops) if not only or op in only]
         for lib in libs:
-            path = str(workdir / f"{scenario_name}-{lib}{EXTENSIONS[lib]}")
-            # The file every load reads is written by a (timed) save first.
-            ops = ("save",) + tuple(op for op in scenario.ops if op != "save")
-            if "save" not in scenario.ops:
-                run_worker(lib, "save", scenario_name, path, quick, check=False)
-                ops = scenario.ops
-            for op in ops:
-                if only and op not in only:
-                    continue
-                times, growth, skipped = [], [], None
-                for run in range(runs):
+            planned[lib] = [op for op in wanted if op in AVAILABLE[lib]]
+            if planned[lib] and "save" not in this.ops:
+                run_worker(lib, "save", scenario_name, paths[lib], quick, check=False)
+        results = {(lib, op): ([], []) for lib in libs for op in planned[lib]}
+        for run in range(runs):
+            for lib in libs:
+                for op in planned[lib]:
                     if cold and op != "save":
                         try_drop_caches()
-                    result = run_worker(lib, op, scenario_name, path, quick, check=quick or run == 0)
-                    if "skipped" in result:
-                        skipped = result["skipped"]
-                        break
-                    times.append(result["seconds"])
-                    growth.append(result["rss_peak"] - result["rss_before"])
-                row = {"scenario": scenario_name, "lib": lib, "op": op, "runs": len(times), "skipped": skipped}
-                if times:
-                    row.update(median_s=statistics.median(times), min_s=min(times), times=times,
-                               peak_growth_bytes=int(statistics.median(growth)),
-                               file_bytes=os.path.getsize(path) if os.path.exists(path) else 0)
-                rows.append(row)
-                print(f"  {scenario_name:12s} {lib:12s} {op:10s} "
-                      + (f"{row['median_s']:.4f} s" if times else f"-- ({skipped})"), flush=True)
+                    result = run_worker(lib, op, scenario_name, paths[lib], quick, check=quick or run == 0)
+                    results[(lib, op)][0].append(result["seconds"])
+                    results[(lib, op)][1].append(result["rss_peak"] - result["rss_before"])
+        for lib in libs:
+            for op in wanted:
+                if op not in AVAILABLE[lib]:
+                    rows.append({"scenario": scenario_name, "lib": lib, "op": op, "runs": 0,
+                                 "skipped": f"{lib} has no {op}"})
+                    continue
+                rows.append(_row(scenario_name, lib, op, *results[(lib, op)], paths[lib]))
+        for path in paths.values():
             for leftover in (path, path + ".sizes.json"):
                 if os.path.exists(leftover):
                     os.remove(leftover)
     return rows
+
+
+def _row(scenario_name: str, lib: str, op: str, times: list[float], growth: list[int], path: str) -> dict:
+    """One result row: the median and every run's time, peak memory growth, file size."""
+    row = {"scenario": scenario_name, "lib": lib, "op": op, "runs": len(times), "skipped": None,
+           "median_s": statistics.median(times), "min_s": min(times), "times": times,
+           "peak_growth_bytes": int(statistics.median(growth)),
+           "file_bytes": os.path.getsize(path) if os.path.exists(path) else 0}
+    print(f"  {scenario_name:12s} {lib:14s} {op:10s} {row['median_s']:.4f} s  "
+          f"({', '.join(f'{t:.3f}' for t in times)})", flush=True)
+    return row
 
 
 def data_bytes(scenario: str, quick: bool) -> int:
@@ -109,12 +130,12 @@ def table(rows: list[dict], quick: bool) -> str:
     """A markdown table per scenario: medians and ratios to nbckpt."""
     out = []
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
-    for scenario in scenarios:
-        these = [r for r in rows if r["scenario"] == scenario]
+    for name in scenarios:
+        these = [r for r in rows if r["scenario"] == name]
         libs = list(dict.fromkeys(r["lib"] for r in these))
         ops = list(dict.fromkeys(r["op"] for r in these))
-        size = data_bytes(scenario, quick)
-        out.append(f"\n**{SCENARIOS[scenario].description}** ({size / 2**30:.2f} GiB of array data)\n")
+        size = data_bytes(name, quick)
+        out.append(f"\n**{scenario(name).description}** ({size / 2**30:.2f} GiB of array data)\n")
         out.append("| operation | " + " | ".join(libs) + " |")
         out.append("|---|" + "---|" * len(libs))
         for op in ops:
@@ -131,11 +152,71 @@ def table(rows: list[dict], quick: bool) -> str:
                     cell += f" ({r['median_s'] / base:.2f}×)"
                 cells.append(cell)
             out.append(f"| {OP_TITLES.get(op, op)} | " + " | ".join(cells) + " |")
-        memory = {r["lib"]: r.get("peak_growth_bytes") for r in these if r["op"] == "load" and "median_s" in r}
-        if memory:
-            out.append("| peak RSS growth, load | " + " | ".join(
-                f"{memory[lib] / size:.2f}× data" if memory.get(lib) is not None else "—" for lib in libs) + " |")
+        for op in ("load", "save"):
+            memory = {r["lib"]: r.get("peak_growth_bytes") for r in these if r["op"] == op and "median_s" in r}
+            if memory:
+                out.append(f"| peak RSS growth, {op} | " + " | ".join(
+                    f"{memory[lib] / size:.2f}× data" if memory.get(lib) is not None else "—" for lib in libs)
+                    + " |")
     return "\n".join(out)
+
+
+def scaling_table(rows: list[dict]) -> str:
+    """Time per record (records-N) and per GiB (bytes-N): flat when cost grows linearly."""
+    out = []
+    for kind, unit, per in (("records", "µs per record", lambda n, _b: 1e6 / n),
+                            ("bytes", "s per GiB", lambda _n, b: 2**30 / b)):
+        these = [r for r in rows if r["scenario"].startswith(kind + "-") and "median_s" in r]
+        if not these:
+            continue
+        sizes = sorted({int(r["scenario"].split("-")[1]) for r in these})
+        out.append(f"\n**Scaling: {unit}** (median time × {'1e6 / records' if kind == 'records' else '1 GiB / bytes'})\n")
+        out.append("| library, operation | " + " | ".join(
+            f"{n:,} records" if kind == "records" else f"{n} MiB" for n in sizes) + " |")
+        out.append("|---|" + "---|" * len(sizes))
+        for lib, op in dict.fromkeys((r["lib"], r["op"]) for r in these):
+            cells = []
+            for n in sizes:
+                r = next((r for r in these if r["lib"] == lib and r["op"] == op
+                          and r["scenario"] == f"{kind}-{n}"), None)
+                cells.append("—" if r is None else f"{r['median_s'] * per(n, n << 20):.3g}")
+            out.append(f"| {lib} {OP_TITLES.get(op, op)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+#: The targets of issue 16, as (label, scenario, op, lib, reference lib, op of the reference, target ratio).
+TARGETS = (
+    ("1 GiB save, durable, ÷ torch.save", "big", "save", "nbckpt", "torch", "save", 1.0),
+    ("1 GiB save, durable=False, ÷ torch.save", "big", "save", "nbckpt-scratch", "torch", "save", 0.8),
+    ("1 GiB load ÷ torch.load", "big", "load", "nbckpt", "torch", "load", 0.9),
+    ("20k save ÷ torch.save", "small", "save", "nbckpt", "torch", "save", 0.5),
+    ("20k load ÷ torch.load", "small", "load", "nbckpt", "torch", "load", 0.2),
+    ("20k load ÷ safetensors load_file", "small", "load", "nbckpt", "safetensors", "load", 1.5),
+)
+
+
+def targets(rows: list[dict]) -> str:
+    """The issue's target ratios, measured in this run (where both sides ran)."""
+    medians = {(r["scenario"], r["lib"], r["op"]): r["median_s"] for r in rows if "median_s" in r}
+    out = []
+    for label, scenario_name, op, lib, ref, ref_op, target in TARGETS:
+        mine, theirs = medians.get((scenario_name, lib, op)), medians.get((scenario_name, ref, ref_op))
+        if mine and theirs:
+            ratio = mine / theirs
+            out.append(f"| {label} | {ratio:.2f} | ≤ {target} | {'met' if ratio <= target else 'not met'} |")
+    open_list = medians.get(("small", "nbckpt", "open_list"))
+    if open_list:
+        out.append(f"| 20k open + list | {open_list:.3f} s | ≤ 0.1 s | {'met' if open_list <= 0.1 else 'not met'} |")
+    if not out:
+        return ""
+    return "\n**Targets (issue 16)**\n\n| ratio | measured | target | |\n|---|---|---|---|\n" + "\n".join(out)
+
+
+def scaling_scenarios(quick: bool, max_mib: int) -> list[str]:
+    """The scenarios of the scaling run (tiny ones with ``quick``)."""
+    if quick:
+        return ["records-100", "records-400", "bytes-1", "bytes-4"]
+    return [f"records-{n}" for n in SCALING_RECORDS] + [f"bytes-{n}" for n in SCALING_MIB if n <= max_mib]
 
 
 def main(argv=None) -> int:
@@ -148,7 +229,26 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="where the files go (default: a temporary folder)")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each load (needs root)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
+    parser.add_argument("--scaling", action="store_true",
+                        help="add the scaling run (nbckpt and torch, records-N and bytes-N scenarios)")
+    parser.add_argument("--scaling-max-mib", type=int, default=1024,
+                        help="largest size of the scaling run in MiB (default 1024; 4096 adds the 4 GiB point)")
+    parser.add_argument("--scaling-runs", type=int, default=1, help="runs per figure of the scaling run (default 1)")
+    parser.add_argument("--plot", nargs="?", const=str(ROOT / "docs" / "benchmark.png"), default=None,
+                        help="draw the chart to this PNG (default docs/benchmark.png)")
+    parser.add_argument("--from-json", default=None,
+                        help="measure nothing: print and plot the results of an earlier run's JSON")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        print(saved["table"])
+        if args.plot:
+            from .plot import write_chart
+
+            write_chart(saved["rows"], args.plot, saved["meta"])
+            print(f"chart in {args.plot}")
+        return 0
     runs = args.runs or (1 if args.quick else 5)
     cold = args.cold and try_drop_caches()
     if args.cold and not cold:
@@ -156,17 +256,28 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="nbckpt-bench-") as workdir:
         started = time.time()
         rows = measure(args.scenarios, args.libs, runs, args.quick, Path(workdir), cold, args.ops)
-    report = table(rows, args.quick)
+        if args.scaling:
+            scaling_libs = [lib for lib in ("nbckpt", "torch") if lib in args.libs]
+            rows += measure(scaling_scenarios(args.quick, args.scaling_max_mib), scaling_libs,
+                            args.scaling_runs, args.quick, Path(workdir), cold, None)
+    fixed = [r for r in rows if r["scenario"] in SCENARIOS]
+    report = "\n".join(filter(None, (table(fixed, args.quick), scaling_table(rows), targets(rows))))
     print(report)
     meta = {
         "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
         "page_cache": "cold" if cold else "warm", "runs": runs, "quick": args.quick,
+        "scaling_runs": args.scaling_runs if args.scaling else None,
         "seconds": time.time() - started, "versions": _versions(),
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "rows": rows, "table": report}, f, indent=1)
     print(f"\n{meta['page_cache']} page cache, median of {runs} run(s) in fresh processes; JSON in {args.json}")
+    if args.plot:
+        from .plot import write_chart
+
+        write_chart(rows, args.plot, meta)
+        print(f"chart in {args.plot}")
     return 0
 
 

@@ -12,9 +12,12 @@ small          20,000 float32 arrays of 100 elements (per-record overhead)
 transformer    a transformer-shaped bfloat16 state dict (~1 GiB) with tied
                embedding/unembedding weights (two names, one storage)
 huge           ~4 GiB in 64 float32 arrays, for open/list and one record
+records-N      N float32 arrays of 100 elements (the scaling run, per record)
+bytes-N        N MiB in float32 arrays of 4 MiB (the scaling run, per GiB)
 =============  ===========================================================
 
-``quick=True`` shrinks every scenario (for the smoke test in the test suite).
+``quick=True`` shrinks every fixed scenario (for the smoke test in the test
+suite); the scaling scenarios are built at the size their name gives.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-__all__ = ["Scenario", "SCENARIOS", "build", "probe_name"]
+__all__ = ["Scenario", "SCENARIOS", "scenario", "build", "probe_name", "SCALING_RECORDS", "SCALING_MIB"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,27 @@ SCENARIOS = {
     "huge": Scenario("huge", "~4 GiB in 64 float32 arrays of 16M elements", 64, 1 << 24,
                      ("open_list", "load_one", "load_mmap")),
 }
+
+
+#: The scaling run: record counts, and sizes in MiB (4096 only with ``--scaling-max-mib 4096``).
+SCALING_RECORDS = (1_000, 10_000, 100_000)
+SCALING_MIB = (64, 256, 1024, 4096)
+SCALING_OPS = ("save", "load")
+
+
+def scenario(name: str) -> Scenario:
+    """The scenario called ``name``: a fixed one, or ``records-N`` / ``bytes-N`` (MiB)."""
+    if name in SCENARIOS:
+        return SCENARIOS[name]
+    kind, _, size = name.partition("-")
+    if kind == "records" and size.isdigit():
+        return Scenario(name, f"{int(size):,} float32 arrays of 100 elements", int(size), 100, SCALING_OPS)
+    if kind == "bytes" and size.isdigit():
+        mib = int(size)
+        count = max(mib // 4, 1)
+        return Scenario(name, f"{mib} MiB in {count} float32 arrays", count, (mib << 20) // 4 // count,
+                        SCALING_OPS)
+    raise KeyError(f"no benchmark scenario {name!r}: {', '.join(SCENARIOS)}, records-N or bytes-N")
 
 
 def _fill(n: int, seed: int, dtype) -> np.ndarray:
@@ -80,9 +104,9 @@ def build(name: str, quick: bool = False) -> dict[str, np.ndarray]:
     """The scenario's data (deterministic)."""
     if name == "transformer":
         return _transformer(quick)
-    scenario = SCENARIOS[name]
-    count, elements = scenario.count, scenario.elements
-    if quick:
+    fixed = name in SCENARIOS
+    count, elements = scenario(name).count, scenario(name).elements
+    if quick and fixed:
         count, elements = max(count // 64, 4), max(elements // 256, 16)
     return {f"layer{i}.weight": _fill(elements, i, np.float32) for i in range(count)}
 
@@ -92,6 +116,7 @@ def probe_name(name: str, quick: bool = False) -> str:
     keys = list(build(name, quick)) if name == "transformer" else None
     if keys:
         return keys[len(keys) // 2]
-    scenario = SCENARIOS[name]
-    count = max(scenario.count // 64, 4) if quick else scenario.count
+    count = scenario(name).count
+    if quick and name in SCENARIOS:
+        count = max(count // 64, 4)
     return f"layer{count // 2}.weight"

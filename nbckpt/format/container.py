@@ -24,6 +24,7 @@ from typing import Callable
 
 from ..errors import FormatError
 from . import spec
+from .crc import crc32 as _crc32
 
 __all__ = ["ZipWriter", "ZipReader", "Entry", "read_exact", "readinto_exact"]
 
@@ -61,7 +62,7 @@ def _serialization_id(names: list[bytes], crcs: list[int]) -> bytes:
             seed ^= (v + 0x9E3779B97F4A7C15 + (seed << 6) + (seed >> 2)) & mask
         return seed
 
-    name_hash = combine(zlib.crc32(n) | (len(n) << 32) for n in names)
+    name_hash = combine(_crc32(n) | (len(n) << 32) for n in names)
     return b"%020d%020d" % (name_hash, combine(crcs))
 
 
@@ -162,7 +163,7 @@ class ZipWriter:
             if self.compute_crc and size >= _PIPELINE:
                 crc32 = _PENDING  # computed while the data is written (see _emit_with_crc)
             else:
-                crc32 = zlib.crc32(view) if (self.compute_crc and size) else 0
+                crc32 = _crc32(view) if (self.compute_crc and size) else 0
         flags = spec.FLAG_UTF8 | (spec.FLAG_DESCRIPTOR if size else 0)
         extra = self._local_extra(header_offset, len(full_name), size)
         header = spec.LOCAL_HEADER.pack(
@@ -202,7 +203,7 @@ class ZipWriter:
         crc = 0
         for start in range(0, view.nbytes, _PIPELINE_CHUNK):
             chunk = view[start : start + _PIPELINE_CHUNK]
-            crc = zlib.crc32(chunk, crc)
+            crc = _crc32(chunk, crc)
             self._emit(chunk)
         return crc
 
@@ -621,14 +622,14 @@ class ZipReader:
         if (read_ahead and entry.data_offset is None and entry.size <= _SMALL_RECORD
                 and entry.method == spec.METHOD_STORED and self._read_small(entry, view)):
             if verify:
-                self.check_crc(name, zlib.crc32(view))
+                self.check_crc(name, _crc32(view))
             return
         offset = self.data_offset(name)
         self._f.seek(offset)
         if entry.method != spec.METHOD_STORED:
             self._inflate_into(entry, view)
             if verify:
-                self.check_crc(name, zlib.crc32(view))
+                self.check_crc(name, _crc32(view))
             return
         if not verify:
             readinto_exact(self._f, view, f"record {name}")
@@ -637,7 +638,7 @@ class ZipReader:
         for start in range(0, view.nbytes, _CRC_CHUNK):
             chunk = view[start : start + _CRC_CHUNK]
             readinto_exact(self._f, chunk, f"record {name}")
-            crc = zlib.crc32(chunk, crc)
+            crc = _crc32(chunk, crc)
         self.check_crc(name, crc)
 
     def _read_small(self, entry: Entry, view: memoryview) -> bool:
@@ -722,12 +723,12 @@ class ZipReader:
         crc = 0
         offset = self.data_offset(name)
         if entry.method != spec.METHOD_STORED:
-            return zlib.crc32(self.read(name))
+            return _crc32(self.read(name))
         self._f.seek(offset)
         left = entry.size
         while left:
             view = memoryview(buffer)[: min(left, len(buffer))]
             readinto_exact(self._f, view, f"record {name}")
-            crc = zlib.crc32(view, crc)
+            crc = _crc32(view, crc)
             left -= view.nbytes
         return crc

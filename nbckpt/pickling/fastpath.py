@@ -1,0 +1,492 @@
+"""A fast path for the pickle of a flat ``{name: tensor}`` dict, checked against the VM.
+
+A checkpoint of thousands of small arrays spends most of its load time in the
+pickle: :class:`~.unpickler.SafeUnpickler` executes about 30 opcodes per
+tensor, one Python step each. ``torch.save`` and :func:`nbckpt.save` write
+every tensor of a state dict with the same fixed opcode sequence, so this
+module recognises that sequence with one regular expression (one C call per
+tensor) and performs the calls the VM would make, in the same order, with the
+same arguments.
+
+The accepted grammar (pickle protocol 2; ``PUT`` is an optional
+``BINPUT``/``LONG_BINPUT``, ``GET`` a ``BINGET``/``LONG_BINGET``):
+
+    file    := PROTO 2, root, (batch)*, STOP
+    root    := EMPTY_DICT PUT | GLOBAL "collections OrderedDict" PUT EMPTY_TUPLE REDUCE PUT
+    batch   := MARK (key value)* SETITEMS | key value SETITEM
+    key     := BINUNICODE PUT | GET (of a str)
+    value   := tensor | GET (of a tensor read before: tied weights)
+    tensor  := (GLOBAL fn PUT | GET) MARK
+                 MARK ("storage" PUT | GET) (GLOBAL cls PUT | GET) (digits PUT | GET)
+                      (location PUT | GET) int TUPLE PUT BINPERSID
+                 int tuple PUT tuple PUT (NEWTRUE | NEWFALSE)
+                 (GLOBAL od PUT | GET) EMPTY_TUPLE REDUCE PUT [(GLOBAL dtype PUT | GET)]
+               TUPLE PUT REDUCE PUT
+
+Anything else, anywhere (another opcode, a memo slot holding something of
+another role, a global the unpickler would refuse or that is not one of
+nbckpt's own callables, a string that is not valid UTF-8) makes
+:func:`load_flat_dict` return ``None`` before any side effect, and the caller
+runs the VM, which remains the reference: it gives the result or the error.
+When the grammar matches, the calls are the VM's (``find_class`` decides the
+globals, ``persistent_load`` then the rebuild function per tensor, items set
+batch by batch), and errors raised by them are turned into the VM's error
+types. ``tests/test_fastpath.py`` checks both paths against each other on
+generated, hostile and near-miss pickles.
+
+    >>> import io, numpy as np, nbckpt
+    >>> from nbckpt.format.checkpoint import open_zip_checkpoint
+    >>> from nbckpt.materialize import ZipMaterializer
+    >>> from nbckpt.devices import DeviceMap
+    >>> from nbckpt.pickling.rebuild import Rebuilder
+    >>> buf = io.BytesIO()
+    >>> nbckpt.save({"a": np.arange(3.0), "b": np.ones(2, np.float32)}, buf)
+    >>> _ = buf.seek(0)
+    >>> checkpoint = open_zip_checkpoint(buf)
+    >>> rebuilder = Rebuilder(ZipMaterializer(checkpoint.reader, DeviceMap.parse(None)))
+    >>> load_flat_dict(checkpoint.data_pkl, rebuilder)
+    {'a': array([0., 1., 2.]), 'b': array([1., 1.], dtype=float32)}
+    >>> load_flat_dict(b"\\x80\\x02K\\x01.", rebuilder) is None    # not a dict of tensors: the VM's
+    True
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import struct
+from typing import Any, Callable
+
+from ..errors import CheckpointError, FormatError, UnpicklingError
+from .rebuild import PendingObject, Rebuilder
+from .unpickler import SafeUnpickler
+
+__all__ = ["load_flat_dict"]
+
+_u4 = struct.Struct("<I").unpack_from
+_i4 = struct.Struct("<i").unpack_from
+_NO = object()  # "not recognised" inside the parser
+
+
+class _Global(tuple):
+    """A GLOBAL opcode's (module, name), before the unpickler decides on it."""
+
+
+class _Tensor:
+    """The n-th tensor of the file, in a memo slot (GET of it: tied weights)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _Opaque:
+    """A memoized value the grammar never reads back (a GET of it is not recognised)."""
+
+
+_OPAQUE = _Opaque()
+
+# -- the expression for one tensor ----------------------------------------------------------
+
+_INT = rb"(?:K.|M..|J....|\x8a(?:\x00|\x01.|\x02..|\x03...|\x04....|\x05.{5}|\x06.{6}|\x07.{7}|\x08.{8}))"
+_TUPLE = rb"\)|" + _INT + rb"\x85|" + _INT + rb"{2}\x86|" + _INT + rb"{3}\x87|\(" + _INT + rb"{0,64}t"
+
+
+def _put(name: str) -> bytes:
+    return rb"(?P<p_%s>q.|r....)?" % name.encode()
+
+
+def _get(name: str) -> bytes:
+    return rb"(?P<g_%s>h.|j....)" % name.encode()
+
+
+def _global_or_get(name: str) -> bytes:
+    n = name.encode()
+    return (rb"(?:c(?P<m_%s>[A-Za-z_][\w.]{0,200})\n(?P<n_%s>[A-Za-z_]\w{0,200})\n" % (n, n)
+            + _put(name) + rb"|" + _get(name) + rb")")
+
+
+def _string_or_get(name: str, text: bytes) -> bytes:
+    n = name.encode()
+    return rb"(?:X(?P<l_%s>.)\x00\x00\x00(?P<s_%s>%s)" % (n, n, text) + _put(name) + rb"|" + _get(name) + rb")"
+
+
+_TENSOR = re.compile(
+    _global_or_get("fn") + rb"\(\("
+    + _string_or_get("kind", rb"storage")
+    + _global_or_get("cls")
+    + _string_or_get("key", rb"[0-9]{1,20}")
+    + _string_or_get("loc", rb"[a-z][a-z0-9:_]{0,30}")
+    + rb"(?P<numel>" + _INT + rb")t" + _put("pid") + rb"Q"
+    + rb"(?P<offset>" + _INT + rb")"
+    + rb"(?P<size>" + _TUPLE + rb")" + _put("size")
+    + rb"(?P<stride>" + _TUPLE + rb")" + _put("stride")
+    + rb"(?P<grad>[\x88\x89])"
+    + _global_or_get("od") + rb"\)R" + _put("hooks")
+    + rb"(?:" + _global_or_get("dt") + rb")?"
+    + rb"t" + _put("args") + rb"R" + _put("tensor"),
+    re.S,
+)
+_G = {name: index - 1 for name, index in _TENSOR.groupindex.items()}  # into match.groups()
+_ROOT_DICT = re.compile(rb"\x80\x02\}" + _put("root"), re.S)
+_ROOT_ORDERED = re.compile(rb"\x80\x02ccollections\nOrderedDict\n" + _put("cls") + rb"\)R" + _put("root"), re.S)
+_DICT_TYPES = (dict, collections.OrderedDict)
+
+
+def _int(raw: bytes) -> int:
+    """The value of one integer opcode, as the VM reads it."""
+    op = raw[0]
+    if op == 0x4B:  # BININT1
+        return raw[1]
+    if op == 0x4D:  # BININT2
+        return raw[1] | raw[2] << 8
+    if op == 0x4A:  # BININT
+        return _i4(raw, 1)[0]
+    return int.from_bytes(raw[2:], "little", signed=True)  # LONG1
+
+
+def _ints(raw: bytes) -> tuple:
+    """The tuple a run of integer opcodes and its closing TUPLE* opcode build."""
+    values = []
+    pos = 1 if raw[0] == 0x28 else 0  # MARK ... TUPLE
+    end = len(raw) - 1
+    while pos < end:
+        op = raw[pos]
+        if op == 0x4B:
+            values.append(raw[pos + 1])
+            pos += 2
+        elif op == 0x4D:
+            values.append(raw[pos + 1] | raw[pos + 2] << 8)
+            pos += 3
+        elif op == 0x4A:
+            values.append(_i4(raw, pos + 1)[0])
+            pos += 5
+        else:  # LONG1
+            n = raw[pos + 1]
+            values.append(int.from_bytes(raw[pos + 2 : pos + 2 + n], "little", signed=True))
+            pos += 2 + n
+    return tuple(values)
+
+
+_PUT1 = rb"(q.|r....)"
+_CODES: list[bytes] = []
+
+
+def _put_codes(start: int, n: int) -> tuple:
+    """The PUT opcodes pickle writes for slots ``start`` to ``start + n - 1``."""
+    while len(_CODES) < start + n:
+        i = len(_CODES)
+        _CODES.append(b"q" + bytes((i,)) if i < 256 else b"r" + struct.pack("<I", i))
+    return tuple(_CODES[start : start + n])
+
+
+def _slot(raw: bytes) -> int:
+    """The memo index of a PUT or GET opcode."""
+    return raw[1] if len(raw) == 2 else _u4(raw, 1)[0]
+
+
+class _Parser:
+    """Reads the whole pickle into a list of tensor calls; no side effects."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.memo: dict[int, Any] = {}
+        self.fresh = 0  # every memo slot from here on is unwritten
+        self.templates: dict[tuple, re.Pattern] = {}  # see _template
+        self.template: tuple[tuple, re.Pattern] | None = None
+        self.globals: list[_Global] = []  # in order of first appearance
+        self.tensors: list[tuple] = []  # (fn, cls, key, loc, numel, offset, size, stride, grad, od, dt)
+        self.batches: list[list[tuple[str, Any]]] = []  # items set by each SETITEM(S)
+        self.root: _Global | None = None  # None: a plain dict
+
+    def _global(self, groups: tuple, name: str) -> Any:
+        module = groups[_G["m_" + name]]
+        if module is not None:
+            found = _Global((module.decode("ascii"), groups[_G["n_" + name]].decode("ascii")))
+            if found not in self.globals:
+                self.globals.append(found)
+            put = groups[_G["p_" + name]]
+            if put is not None:
+                self._put(put, found)
+            return found
+        found = self.memo.get(_slot(groups[_G["g_" + name]]), _NO)
+        return found if type(found) is _Global else _NO
+
+    def _string(self, groups: tuple, name: str) -> Any:
+        text = groups[_G["s_" + name]]
+        if text is not None:
+            if groups[_G["l_" + name]][0] != len(text):
+                return _NO
+            value = text.decode("ascii")
+            put = groups[_G["p_" + name]]
+            if put is not None:
+                self._put(put, value)
+            return value
+        found = self.memo.get(_slot(groups[_G["g_" + name]]), _NO)
+        return found if type(found) is str else _NO
+
+    def parse(self) -> bool:
+        data = self.data
+        if not self._parse_root():
+            return False
+        pos = self.pos
+        while True:
+            op = data[pos] if pos < len(data) else -1
+            if op == 0x2E:  # STOP (bytes after it are not read, as by the VM)
+                return True
+            if op == 0x28:  # MARK: pairs until SETITEMS
+                pos += 1
+                batch: list[tuple[str, Any]] = []
+                while pos < len(data) and data[pos] != 0x75:
+                    pos = self._pair(pos, batch)
+                    if pos < 0:
+                        return False
+                if pos >= len(data):
+                    return False
+                pos += 1
+            else:  # one pair, then SETITEM
+                batch = []
+                pos = self._pair(pos, batch)
+                if pos < 0 or pos >= len(data) or data[pos] != 0x73:
+                    return False
+                pos += 1
+            self.batches.append(batch)
+
+    def _parse_root(self) -> bool:
+        match = _ROOT_DICT.match(self.data)
+        if match is None:
+            match = _ROOT_ORDERED.match(self.data)
+            if match is None:
+                return False
+            self.root = _Global(("collections", "OrderedDict"))
+            self.globals.append(self.root)
+            if match.group("p_cls") is not None:
+                self._put(match.group("p_cls"), self.root)
+        if match.group("p_root") is not None:
+            self._put(match.group("p_root"), _OPAQUE)
+        self.pos = match.end()
+        return True
+
+    def _pair(self, pos: int, batch: list) -> int:
+        data = self.data
+        # The key: a fresh string, or one memoized before.
+        op = data[pos]
+        if op == 0x58:  # BINUNICODE
+            if pos + 5 > len(data):
+                return -1
+            n = _u4(data, pos + 1)[0]
+            start = pos + 5
+            if start + n > len(data):
+                return -1
+            try:
+                key = data[start : start + n].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                return -1
+            pos = start + n
+            if self.template is not None:
+                end = self._templated(pos, key, batch)
+                if end > 0:
+                    return end
+            put = self._put_at(pos)
+            if put:
+                self._put(data[pos : pos + put], key)
+                pos += put
+        elif op in (0x68, 0x6A):  # BINGET, LONG_BINGET
+            key, pos = self._get_at(pos)
+            if type(key) is not str:
+                return -1
+        else:
+            return -1
+        # The value: a tensor, or a tensor met before.
+        match = _TENSOR.match(data, pos)
+        if match is None:
+            if pos >= len(data) or data[pos] not in (0x68, 0x6A):
+                return -1
+            value, pos = self._get_at(pos)
+            if type(value) is not _Tensor:
+                return -1
+            batch.append((key, value))
+            return pos
+        value = self._tensor(match.groups())
+        if value is _NO:
+            return -1
+        batch.append((key, value))
+        return match.end()
+
+    def _put_at(self, pos: int) -> int:
+        """Length of the PUT opcode at ``pos`` (0 when there is none)."""
+        op = self.data[pos] if pos < len(self.data) else -1
+        if op == 0x71:
+            return 2 if pos + 2 <= len(self.data) else 0
+        if op == 0x72:
+            return 5 if pos + 5 <= len(self.data) else 0
+        return 0
+
+    def _get_at(self, pos: int) -> tuple[Any, int]:
+        data = self.data
+        n = 2 if data[pos] == 0x68 else 5
+        if pos + n > len(data):
+            return _NO, pos
+        return self.memo.get(_slot(data[pos : pos + n]), _NO), pos + n
+
+    def _tensor(self, g: tuple) -> Any:
+        # Memo slots are written and read in the order of the bytes, as the VM does.
+        fn = self._global(g, "fn")
+        kind = self._string(g, "kind")
+        cls = self._global(g, "cls")
+        key = self._string(g, "key")
+        loc = self._string(g, "loc")
+        self._opaque(g, "pid", "size", "stride")
+        od = self._global(g, "od")
+        self._opaque(g, "hooks")
+        dt = self._global(g, "dt") if (g[_G["m_dt"]] is not None or g[_G["g_dt"]] is not None) else None
+        self._opaque(g, "args")
+        if _NO in (fn, kind, cls, key, loc, od, dt):
+            return _NO
+        tensor = _Tensor(len(self.tensors))
+        self.tensors.append((fn, kind, cls, key, loc, _int(g[_G["numel"]]), _int(g[_G["offset"]]),
+                             _ints(g[_G["size"]]), _ints(g[_G["stride"]]), g[_G["grad"]] == b"\x88", od, dt))
+        if g[_G["p_tensor"]] is not None:
+            self._put(g[_G["p_tensor"]], tensor)
+        if all(g[_G["g_" + name]] is not None for name in ("fn", "kind", "cls", "loc", "od")):
+            self._template(tuple(g[_G["g_" + name]] for name in ("fn", "kind", "cls", "loc", "od", "dt")),
+                           (fn, kind, cls, loc, od, dt))
+        return tensor
+
+    def _opaque(self, g: tuple, *names: str) -> None:
+        for name in names:
+            put = g[_G["p_" + name]]
+            if put is not None:
+                self._put(put, _OPAQUE)
+
+    def _put(self, raw: bytes, value: Any) -> None:
+        """PUT ``value``; values never read back are dropped (a GET of them is not recognised)."""
+        index = _slot(raw)
+        if value is _OPAQUE:
+            self.memo.pop(index, None)
+        else:
+            self.memo[index] = value
+        if index >= self.fresh:
+            self.fresh = index + 1
+
+    # -- the steady state --------------------------------------------------------------------
+    # After the first tensors, each one reads the same memo slots (the rebuild
+    # function, "storage", the storage class, the location, OrderedDict) and puts
+    # eight values into the next eight fresh slots. One expression with those GETs
+    # spelled out then matches a whole tensor, its key's PUT included; any other
+    # form (a different slot, a reused slot) falls back to the general reading.
+
+    def _template(self, gets: tuple, values: tuple) -> None:
+        pattern = self.templates.get(gets)
+        if pattern is None:
+            if len(self.templates) >= 16:
+                return
+            fn, kind, cls, loc, od, dt = (re.escape(raw) if raw else b"" for raw in gets)
+            pattern = self.templates[gets] = re.compile(
+                _PUT1 + fn + rb"\(\(" + kind + cls + rb"X(.)\x00\x00\x00([0-9]{1,20})" + _PUT1 + loc
+                + rb"(" + _INT + rb")t" + _PUT1 + rb"Q(" + _INT + rb")(" + _TUPLE + rb")" + _PUT1
+                + rb"(" + _TUPLE + rb")" + _PUT1 + rb"([\x88\x89])" + od + rb"\)R" + _PUT1 + dt
+                + rb"t" + _PUT1 + rb"R" + _PUT1,
+                re.S,
+            )
+        self.template = (values, pattern)
+
+    def _templated(self, pos: int, key: str, batch: list) -> int:
+        """Read one tensor with the current template; -1 when it does not match exactly."""
+        (fn, kind, cls, loc, od, dt), pattern = self.template  # type: ignore[misc]
+        match = pattern.match(self.data, pos)
+        if match is None:
+            return -1
+        (kput, klen, skey, sput, numel, pput, offset, size, zput, stride, tput, grad, hput, aput,
+         rput) = match.groups()
+        fresh = self.fresh
+        if (kput, sput, pput, zput, tput, hput, aput, rput) != _put_codes(fresh, 8) or klen[0] != len(skey):
+            return -1
+        skey = skey.decode("ascii")
+        tensor = _Tensor(len(self.tensors))
+        self.tensors.append((fn, kind, cls, skey, loc, _int(numel), _int(offset), _ints(size), _ints(stride),
+                             grad == b"\x88", od, dt))
+        memo = self.memo
+        memo[fresh] = key
+        memo[fresh + 1] = skey
+        memo[fresh + 7] = tensor
+        self.fresh = fresh + 8
+        batch.append((key, tensor))
+        return match.end()
+
+
+def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,
+                   persistent_load: Callable[[Any], Any] | None = None) -> dict | None:
+    """The dict the pickle ``data`` builds, or None when it is not in the grammar above.
+
+    Equivalent to ``SafeUnpickler(data, rebuilder, persistent_load=...).load()``
+    whenever it returns a dict; it raises the error type the VM would raise.
+    """
+    parser = _Parser(data)
+    try:
+        recognised = parser.parse()
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    if not recognised:
+        return None
+    # The globals, decided exactly as the VM decides them; anything it would refuse
+    # (or allow only as a user's callable) is left to the VM to report.
+    decider = SafeUnpickler(data, rebuilder)
+    resolved: dict[_Global, Any] = {}
+    for glob in parser.globals:
+        try:
+            resolved[glob] = decider.find_class(*glob)
+        except Exception:
+            return None
+    callables = rebuilder.callables
+    if parser.root is not None and id(resolved[parser.root]) not in callables:
+        return None
+    for call in parser.tensors:
+        if id(resolved[call[0]]) not in callables or id(resolved[call[10]]) not in callables:
+            return None
+    try:
+        return _build(parser, resolved, persistent_load or rebuilder.persistent_load)
+    except CheckpointError:
+        raise
+    except RecursionError:
+        raise FormatError("pickle is nested too deeply", record="data.pkl") from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as err:
+        # As the VM reports errors of the rebuild calls: they come from the file.
+        raise FormatError(f"invalid pickle: {err}", record="data.pkl") from None
+
+
+def _build(parser: _Parser, resolved: dict, persistent_load: Callable[[Any], Any]) -> dict:
+    """Make the VM's calls, in its order: per tensor, the storage, the hooks, the rebuild."""
+    root: Any = {} if parser.root is None else resolved[parser.root]()
+    built: list[Any] = []
+    unfinished: list[Any] = []
+    calls = iter(parser.tensors)
+    for batch in parser.batches:
+        values = []
+        for key, ref in batch:
+            if ref.index == len(built):  # a new tensor (a GET names one built before)
+                fn, kind, cls, skey, loc, numel, offset, size, stride, grad, od, dt = next(calls)
+                storage = persistent_load((kind, resolved[cls], skey, loc, numel))
+                hooks = resolved[od]()
+                args = (storage, offset, size, stride, grad, hooks)
+                if dt is not None:
+                    args += (resolved[dt],)
+                tensor = resolved[fn](*args)
+                if isinstance(tensor, PendingObject):
+                    unfinished.append(tensor)
+                built.append(tensor)
+            elif isinstance(built[ref.index], PendingObject):
+                raise FormatError(f"corrupt pickle: {built[ref.index]!r} is used before the pickle "
+                                  f"finished building it", record="data.pkl")
+            values.append((key, built[ref.index]))
+        if type(root) not in _DICT_TYPES:
+            raise UnpicklingError(f"weights_only=True refused SETITEMS on {type(root).__qualname__}: "
+                                  f"it may only modify a dict the pickle created")
+        for key, value in values:
+            root[key] = value
+    if unfinished:
+        listed = ", ".join(sorted({repr(o) for o in unfinished}))
+        raise FormatError(f"the pickle ends with objects it never finished building: {listed}",
+                          record="data.pkl")
+    return root
