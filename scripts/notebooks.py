@@ -491,6 +491,117 @@ The same comparison as data, for scripts:
 ]
 
 
+SHARDED = [
+    md("""
+# 7. Sharded checkpoints: torch.distributed.checkpoint and Dask
+
+Models trained on many GPUs are saved in shards. PyTorch's format for that is
+`torch.distributed.checkpoint` (DCP): a folder holding a `.metadata` file (which tensor is cut
+into which chunks, and where each chunk is stored) and one or more `__R_I.distcp` data files.
+nbckpt reads such a folder without torch or a process group, and writes folders that PyTorch
+jobs resume from — in parallel, from Dask arrays, each block written by the worker that holds it.
+
+This tutorial uses torch only to make and read DCP folders; nbckpt never imports it.
+"""),
+    code(SETUP + '''
+import warnings
+import torch
+import torch.distributed.checkpoint as dcp
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+_ = torch.manual_seed(0)'''),
+    md("""
+## A checkpoint made by torch
+
+A model and its optimizer, saved the way FSDP and DTensor training jobs save them (here in one
+process; a job with many ranks writes one data file per rank into the same folder):
+"""),
+    code('''model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+model(torch.randn(16, 4)).sum().backward()
+optimizer.step()
+dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict(), "epoch": 3},
+         checkpoint_id="ckpts/torch_dcp")
+sorted(os.listdir("ckpts/torch_dcp"))'''),
+    md("""
+`nbckpt.load` gives the nested state dict back, each tensor whole, as NumPy arrays (the
+`.metadata` is a pickle, read by nbckpt's safe loader with only DCP's own classes allowed):
+"""),
+    code('''state = nbckpt.load("ckpts/torch_dcp")
+{name: (a.shape, str(a.dtype)) for name, a in state["model"].items()}'''),
+    code('''state["epoch"], state["optim"]["param_groups"][0]["lr"], sorted(state["optim"]["state"]["0"])'''),
+    code('''all(np.array_equal(state["model"][k], v.numpy()) for k, v in model.state_dict().items())'''),
+    md("""
+## Browsing it
+
+`nbckpt.open` lists every full tensor — global shape, dtype, the files holding its chunks —
+reading nothing but `.metadata`; indexing reads only that tensor's chunks. `%ckpt ls`,
+`%ckpt browse` and `nbckpt ls` on the command line show the same folder as one archive.
+"""),
+    code('''with nbckpt.open("ckpts/torch_dcp") as archive:
+    listing = [(r.name, r.shape, str(r.dtype), r.shard) for r in archive.records[:4]]
+    bias = archive["model.2.bias"]
+listing'''),
+    code('''np.array_equal(bias, model[2].bias.detach().numpy())'''),
+    md("""
+Before anything is allocated, every chunk's file, offset and length is checked against the
+folder (no path outside it, nothing past a file's end), and the chunks must tile each tensor
+exactly. A `.metadata` that names anything but DCP's classes is refused:
+"""),
+    code('''os.makedirs("ckpts/hostile")
+with open("ckpts/hostile/.metadata", "wb") as f:
+    f.write(b"\\x80\\x02cos\\nsystem\\nX\\x02\\x00\\x00\\x00id\\x85R.")   # would run `id` in a shell
+try:
+    nbckpt.load("ckpts/hostile")
+except nbckpt.UnpicklingError as err:
+    print(type(err).__name__, "refused", err.global_name)'''),
+    md("""
+## Saving a Dask-sharded state that torch loads
+
+Start Dask — here a `LocalCluster` of two worker processes; on a real cluster you would pass
+the scheduler's address, `Client("tcp://scheduler:8786")`, and save to a folder every worker
+sees under the same path. The arrays are made on the workers, as a training job's shards are:
+"""),
+    code('''import logging
+import dask.array as da
+from distributed import Client, LocalCluster
+
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0",
+                       silence_logs=logging.CRITICAL)
+client = Client(cluster)
+weight = da.random.default_rng(1).standard_normal((8, 6), chunks=(4, 3))   # four blocks
+weight.chunks'''),
+    md("""
+`nbckpt.save(..., format="dcp")` writes each Dask block as one DCP chunk, on the worker that
+holds it; then `.metadata` is written once, last, atomically — a crash before that leaves the
+previous checkpoint in the folder as it was.
+"""),
+    code('''nbckpt.save({"model": {"weight": weight}, "step": 100}, "ckpts/dask_dcp", format="dcp")
+len([n for n in os.listdir("ckpts/dask_dcp") if n.endswith(".distcp")])'''),
+    md("""
+torch's own `dcp.load` reads it into a state dict it preallocated (a job with several ranks
+would each read only its shard):
+"""),
+    code('''target = {"model": {"weight": torch.zeros(8, 6, dtype=torch.float64)}, "step": 0}
+dcp.load(target, checkpoint_id="ckpts/dask_dcp")
+target["step"], torch.equal(target["model"]["weight"], torch.from_numpy(weight.compute()))'''),
+    md("""
+And back into Dask, lazily: `nbckpt.dask.from_checkpoint` gives Dask arrays whose blocks are the
+checkpoint's chunks, each read by the worker that computes it (`chunks=` rechunks):
+"""),
+    code('''import nbckpt.dask
+lazy = nbckpt.dask.from_checkpoint("ckpts/dask_dcp")
+lazy["model"]["weight"].chunks, lazy["step"]'''),
+    code('''bool((lazy["model"]["weight"] == weight).all().compute())'''),
+    code('''# NBVAL_IGNORE_OUTPUT
+client.close()     # workers may log their goodbyes while the cluster shuts down
+cluster.close()'''),
+    md("""
+That is the end of the tutorials. The README has the details: safety guarantees, devices,
+performance, the command line.
+"""),
+]
+
+
 NOTEBOOK_CELLS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_safe_loading.ipynb": SAFE,
@@ -498,6 +609,7 @@ NOTEBOOK_CELLS = {
     "04_browsing.ipynb": BROWSING,
     "05_pytorch.ipynb": PYTORCH,
     "06_caching.ipynb": CACHING,
+    "07_sharded.ipynb": SHARDED,
 }
 
 
