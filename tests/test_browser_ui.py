@@ -7,7 +7,8 @@ them ipywidgets' manager, stay visible), a notebook that saves a checkpoint and 
 widget is rendered, filters and selects a record, waits for the preview's statistics and
 pictures, loads the record (a name clash first, then with "overwrite"), and checks the
 status line. Screenshots go to ``tests/artifacts/``; with ``NBCKPT_UPDATE_DOCS=1`` the
-widget's screenshot is also copied to ``docs/browser.png`` (the README's picture).
+widget's screenshots are also copied to ``docs/browser.png`` and ``docs/browser-tree.png`` (the
+README's pictures). The tree view is switched on and a module closed at the end.
 
 Every process started here (server, kernel, browser) is stopped at the end, also on failure.
 Without Chromium the test is skipped, except in CI (``CI`` set), where it must run.
@@ -96,6 +97,19 @@ def _write_notebook(path: Path) -> None:
     path.write_text(json.dumps(notebook, indent=1))
 
 
+def _enable_viewer(home: Path) -> None:
+    """The checkpoint viewer from this checkout, whether or not the package's data files are installed:
+    the prebuilt frontend linked into the server's data folder, the server extension enabled in its config."""
+    from nbckpt.labextension import PREBUILT
+
+    extensions = home / "data" / "labextensions"
+    extensions.mkdir(parents=True)
+    (extensions / "nbckpt").symlink_to(PREBUILT, target_is_directory=True)
+    config = home / "config" / "jupyter_server_config.d"
+    config.mkdir(parents=True)
+    shutil.copyfile(ROOT / "labextension" / "jupyter_server_config.d" / "nbckpt.json", config / "nbckpt.json")
+
+
 class LabServer:
     """A JupyterLab server of this test's own; :meth:`stop` ends it and every kernel it started."""
 
@@ -116,6 +130,7 @@ class LabServer:
                    JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
                    PYTHONUNBUFFERED="1")
         env.pop("JUPYTER_PATH", None)  # the venv's share/jupyter (lab extensions, kernel) is found from sys.prefix
+        _enable_viewer(home)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
@@ -311,8 +326,20 @@ def test_archive_browser_in_jupyterlab(lab, page):
                        && select.selectedOptions[0].value.startsWith('encoder.1.weight '); }"""))
     page.screenshot(path=str(ARTIFACTS / "04-loaded.png"), full_page=True)
     browser_widget.screenshot(path=str(ARTIFACTS / "browser.png"))
+
+    step("switch to the tree view", lambda: page.locator(".nbckpt-view button", has_text="tree").click())
+    step("the tree groups the entries into modules", lambda: page.wait_for_function(
+        """() => { const labels = [...document.querySelectorAll('.nbckpt-records option')]
+                       .map(o => o.textContent.replace(/\u00a0/g, ' '));  // the list keeps spaces as nbsp
+                   return labels.length === 14 && labels[0].startsWith('▾ encoder/')
+                       && labels[1].trim().startsWith('▾ 0/'); }"""))
+    browser_widget.screenshot(path=str(ARTIFACTS / "browser-tree.png"))
+    step("close the encoder module", lambda: page.locator(".nbckpt-records select").select_option(index=0))
+    step("the module closes", lambda: page.wait_for_function(
+        "() => document.querySelectorAll('.nbckpt-records option').length === 5"))
     if os.environ.get("NBCKPT_UPDATE_DOCS"):
         DOCS_PICTURE.parent.mkdir(exist_ok=True)
         shutil.copyfile(ARTIFACTS / "browser.png", DOCS_PICTURE)
+        shutil.copyfile(ARTIFACTS / "browser-tree.png", DOCS_PICTURE.with_name("browser-tree.png"))
     lab.remember_children()
     assert time.monotonic() - started < 90, "the browser steps took longer than 90 s"

@@ -579,14 +579,15 @@ def test_without_ipython_and_namespace_the_status_says_what_to_do(state_file, mo
 
 def test_close_closes_a_file_it_opened_only(state_file):
     b = ArchiveBrowser(state_file, namespace={})
-    stream = b.archive._stream
+    opened = b.archive
+    assert not opened.closed
     b.close()
-    assert stream.closed
+    assert opened.closed
     with nbckpt.open(state_file) as archive:
         b = ArchiveBrowser(archive, namespace={})
         b.select("embed")
         b.close()
-        assert not archive._stream.closed
+        assert not archive.closed
         np.testing.assert_array_equal(archive["embed"], STATE["embed"])
 
 
@@ -594,7 +595,7 @@ def test_missing_and_foreign_files_raise(tmp_path):
     with pytest.raises(FileNotFoundError):
         ArchiveBrowser(tmp_path / "missing.pt")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(nbckpt.FormatError, match="not a checkpoint|not one"):
+    with pytest.raises(nbckpt.FormatError, match="not a (torch )?checkpoint|not one"):
         ArchiveBrowser(tmp_path / "notes.txt")
 
 
@@ -606,7 +607,8 @@ def test_widgets_import_lazily_and_stock_widgets_only():
               "assert 'ipywidgets' not in sys.modules\n"
               "from nbckpt.jupyter import ArchiveBrowser, ArrayPreview\n"
               "assert 'ipywidgets' in sys.modules\n"
-              "assert sorted(nbckpt.jupyter.__all__) == ['ArchiveBrowser', 'ArrayPreview', 'load_ipython_extension']\n")
+              "assert sorted(nbckpt.jupyter.__all__) == ['ArchiveBrowser', 'ArrayPreview', 'DiffBrowser', "
+              "'load_ipython_extension']\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -620,3 +622,99 @@ def test_value_preview_is_bounded():
     assert listing.value_preview(huge) == "{'ids': [" + ", ".join(map(str, range(50))) + ", ...]}"
     assert len(listing.value_preview("x" * 10**6)) == 4000 + len(" …")
     assert listing.value_preview(list(range(3000)), limit=20) == "[0, 1, 2, 3, 4, 5, 6 …"
+
+
+# --------------------------------------------------------------------------------------
+# ArchiveBrowser: the tree view and the order
+
+
+def labels_of(b):
+    return list(b.records.get_state()["_options_labels"])
+
+
+def heads_of(b):
+    """The names (with a module's mark) of the lines listed."""
+    return [re.split(r"\s{2,}", label.strip())[0] for label in labels_of(b)]
+
+
+def test_tree_view_groups_entries_into_modules(state_file, make_browser):
+    b = make_browser(state_file, view="tree")
+    assert b.view.value == "tree" and "nbckpt-view" in b.view.get_state()["_dom_classes"]
+    # A small archive opens fully: every module and entry is listed, the names indented.
+    assert labels_of(b) == [
+        "▾ layer1/   2 entries, 16 params, 64 B, float32",
+        "    weight  (3, 4)  float32   cpu   48 B",
+        "    bias    (4,)    float32   cpu   16 B",
+        "  embed     (10,)   int64     cpu   80 B",
+        "  flags     (3,)    bool      cpu   3 B",
+        "  half      (2,)    bfloat16  cpu   4 B",
+        "  ghost     (2, 3)  float32   meta  24 B",
+        "  step      int: 7",
+        "  config    dict: {'lr': 0.1, 'name': 'run-1'}",
+    ]
+    assert [value for _, value in b.records.options] == [("module", "layer1"), 0, 1, 2, 3, 4, 5, 6, 7]
+    assert b.count.value == "8 entries"
+
+
+def test_clicking_a_module_closes_and_opens_it_and_summarises_it(state_file, make_browser):
+    b = make_browser(state_file, view="tree")
+    b.records.value = (("module", "layer1"),)  # as a click on the module's line does
+    assert labels_of(b)[0] == "▸ layer1/  2 entries, 16 params, 64 B, float32"
+    assert len(b.records.options) == 7 and b.records.value == ()
+    assert text_of(b.preview.children[0].value) == "layer1/ 2 entries, 16 params, 64 B, float32"
+    assert b.module.path == "layer1"
+    b.records.value = (("module", "layer1"),)
+    assert len(b.records.options) == 9 and labels_of(b)[0].startswith("▾ layer1/")
+    b.select("layer1.bias")
+    assert b.records.value == (1,) and isinstance(b.preview.children[0], ArrayPreview) and b.module is None
+    assert b.variable.value == "layer1_bias"
+    # Closing the module hides the selected entry: it leaves the selection.
+    b.toggle("layer1")
+    assert b.records.value == () and b.variable.value == ""
+
+
+def test_the_filter_works_on_the_tree_and_opens_what_matches(tmp_path, make_browser):
+    state = {f"model.layers.{i}.{part}.weight": np.full(2, i, np.float32) for i in range(60) for part in ("q", "k")}
+    state["model.norm"] = np.ones(4, np.float32)
+    path = tmp_path / "layers.pt"
+    nbckpt.save(state, path)
+    b = make_browser(path, view="tree")
+    # More than OPEN_ALL_UP_TO entries: only the top-level modules are open.
+    assert labels_of(b) == ["▾ model/     121 entries, 244 params, 976 B, float32",
+                            "  ▸ layers/  120 entries, 240 params, 960 B, float32",
+                            "    norm     (4,)  float32  cpu  16 B"]
+    assert browser_module.OPEN_ALL_UP_TO == 50
+    b.toggle("model")
+    assert labels_of(b) == ["▸ model/  121 entries, 244 params, 976 B, float32"]
+    b.filter.value = "*.1?.q.*"
+    lines = labels_of(b)
+    assert heads_of(b) == (
+        ["▾ model/", "▾ layers/"] + [x for i in range(10, 20) for x in (f"▾ {i}/", "▾ q/", "weight")])
+    assert b.count.value == "10 of 121 entries match"
+    assert lines[:2] == ["▾ model/          10 entries, 20 params, 80 B, float32",
+                         "  ▾ layers/       10 entries, 20 params, 80 B, float32"]
+    assert lines[4] == "          weight  (2,)  float32  cpu  8 B"
+    b.toggle("model.layers.10")  # closes it while filtering
+    assert len(labels_of(b)) == 2 + 30 - 2
+    b.sort.value = "name"
+    b.filter.value = "norm"
+    assert heads_of(b) == ["▾ model/", "norm"]
+    b.filter.value = ""
+    assert labels_of(b) == ["▸ model/  121 entries, 244 params, 976 B, float32"]  # as the user left it
+
+
+def test_sorting_the_list_and_the_tree(state_file, make_browser):
+    b = make_browser(state_file)
+    b.sort.value = "size"
+    assert [b.entries[i].name for _, i in b.records.options] == [
+        "embed", "layer1.weight", "ghost", "layer1.bias", "half", "flags", "step", "config"]
+    b.sort.value = "name"
+    assert [b.entries[i].name for _, i in b.records.options] == [
+        "config", "embed", "flags", "ghost", "half", "layer1.bias", "layer1.weight", "step"]
+    b.view.value = "tree"
+    assert heads_of(b) == [
+        "config", "embed", "flags", "ghost", "half", "▾ layer1/", "bias", "weight", "step"]
+    b.sort.value = "size"
+    assert heads_of(b)[:4] == ["embed", "▾ layer1/", "weight", "bias"]
+    with pytest.raises(ValueError, match="view must be 'list' or 'tree', not 'grid'"):
+        ArchiveBrowser(state_file, view="grid")

@@ -2,7 +2,7 @@
 
 Nothing here is imported by ``import nbckpt``; ``%load_ext nbckpt`` imports
 :mod:`nbckpt.jupyter.magics` (and with it IPython) when it registers the magics.
-The widgets :class:`ArchiveBrowser` and :class:`ArrayPreview` are imported (with
+The widgets :class:`ArchiveBrowser`, :class:`ArrayPreview` and :class:`DiffBrowser` are imported (with
 ipywidgets) on first use of their names. :mod:`~nbckpt.jupyter.stats` needs only
 NumPy, :mod:`~nbckpt.jupyter.pictures` imports matplotlib when it draws.
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["load_ipython_extension", "ArchiveBrowser", "ArrayPreview"]
+__all__ = ["load_ipython_extension", "ArchiveBrowser", "ArrayPreview", "DiffBrowser"]
 
 # Widget names -> the module that defines them, imported on first access (PEP 562).
-_LAZY = {"ArchiveBrowser": ".browser", "ArrayPreview": ".preview"}
+_LAZY = {"ArchiveBrowser": ".browser", "ArrayPreview": ".preview", "DiffBrowser": ".diffview"}
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -3,10 +3,14 @@
 An :class:`ArchiveBrowser` is a ``VBox`` of stock ipywidgets:
 
 - a header: file, format, byte order, size, how many arrays, storages and other entries;
-- a filter box (a substring, or a glob such as ``*.weight``; case-insensitive) over
-- the list of entries: arrays (name, shape, dtype, saved device, size), then the
-  other values (numbers, strings, configs). At most :data:`MAX_SHOWN` lines are
-  shown at once, with a note saying how many more match;
+- a filter box (a substring, or a glob such as ``*.weight``; case-insensitive), the
+  view (``list`` or ``tree``) and the order (in the file, by name, by size) of
+- the entries: arrays (name, shape, dtype, saved device, size), then the other
+  values (numbers, strings, configs). The tree view groups them by their dotted
+  names into modules (:mod:`nbckpt.jupyter.tree`), each showing its entries,
+  parameters, bytes and dtypes; clicking a module opens or closes it; while the
+  filter has text, the modules holding matches are open. At most
+  :data:`MAX_SHOWN` lines are shown at once, with a note saying how many more match;
 - the preview of the selected entry: an :class:`~nbckpt.jupyter.preview.ArrayPreview`
   of an array (read onto the host), or the value itself;
 - the reload panel: the device (``nbckpt.devices()``), the variable name (made from
@@ -33,6 +37,12 @@ corrupt record) are reported in the status line, never as a traceback.
     'loaded layer1.weight as layer1_weight: ndarray (2, 2) float32, cpu'
     >>> variables["layer1_weight"][0]
     array([1., 0.], dtype=float32)
+    >>> browser.view.value = "tree"
+    >>> for label, _ in browser.records.options:
+    ...     print(label)
+    ▾ layer1/   1 entry, 4 params, 16 B, float32
+        weight  (2, 2)  float32  cpu  16 B
+      step      int: 7
 """
 
 from __future__ import annotations
@@ -50,11 +60,11 @@ from ..archive import open as open_archive
 from ..devices import devices
 from ..errors import CheckpointError, DeviceError, UnpicklingError
 from ..summary import format_bytes
-from . import listing
+from . import listing, tree
 from .preview import STYLE, ArrayPreview
 from .views import describe_value, pairs_html
 
-__all__ = ["ArchiveBrowser", "MAX_SHOWN", "PROGRESS_THRESHOLD"]
+__all__ = ["ArchiveBrowser", "MAX_SHOWN", "PROGRESS_THRESHOLD", "OPEN_ALL_UP_TO", "FILTER_AS_YOU_TYPE_UP_TO"]
 
 #: The list shows at most this many entries; the filter narrows the rest down.
 MAX_SHOWN = 500
@@ -70,7 +80,7 @@ _HIDDEN = "none"
 
 
 @dataclass(frozen=True)
-class _Entry:
+class _Entry:  # noqa: D101 - documented below
     """One line of the list: an array (``record``) or another value (``record`` is None)."""
 
     name: str
@@ -80,6 +90,19 @@ class _Entry:
     @property
     def nbytes(self) -> int:
         return self.record.nbytes if self.record is not None else 0
+
+    def tree_item(self) -> tree.TreeItem:
+        if self.record is None:
+            return tree.TreeItem(self.name, 0, 0, "")
+        return tree.TreeItem(self.name, self.record.size, self.record.nbytes, str(self.record.dtype))
+
+
+#: Trees of at most this many entries open fully when shown; larger ones open their top-level modules only.
+OPEN_ALL_UP_TO = 50
+#: Archives of more entries filter when Enter is pressed (the tree of the matches is rebuilt each time).
+FILTER_AS_YOU_TYPE_UP_TO = 20_000
+#: The list's options for a module of the tree view (the other options are entry indices).
+_MODULE = "module"
 
 
 class ArchiveBrowser(widgets.VBox):
@@ -93,22 +116,34 @@ class ArchiveBrowser(widgets.VBox):
     pickle names a global the safe loader refuses gives a browser whose status
     line says so and how to allow it.
 
-    Parts, for tests and for arranging them otherwise: ``header``, ``filter``,
-    ``records`` (a ``SelectMultiple`` whose values index :attr:`entries`), ``count``,
+    ``view`` is ``"list"`` (one line per entry) or ``"tree"`` (entries grouped into
+    modules by their dotted names); both can be switched in the widget.
+
+    Parts, for tests and for arranging them otherwise: ``header``, ``filter``, ``view``,
+    ``sort``, ``records`` (a ``SelectMultiple`` whose values index :attr:`entries`; in
+    the tree view a module's value is ``("module", path)``), ``count``,
     ``more``, ``preview``, ``device``, ``variable``, ``overwrite``, ``load_button``,
     ``progress``, ``status``.
     """
 
-    def __init__(self, path_or_archive: Any, *, namespace: MutableMapping[str, Any] | None = None) -> None:
+    def __init__(self, path_or_archive: Any, *, namespace: MutableMapping[str, Any] | None = None,
+                 view: str = "list") -> None:
         self._namespace = namespace
         self._owns_archive = not isinstance(path_or_archive, Archive)
         self._archives: dict[str, Archive] = {}
         self._selected: tuple[int, ...] = ()
         self._syncing = False
+        self.archive: Archive | None = None
+        if view not in ("list", "tree"):
+            raise ValueError(f"view must be 'list' or 'tree', not {view!r}")
 
         self.header = widgets.HTML()
         self.filter = widgets.Text(placeholder="substring or glob, e.g. layer1 or *.weight", description="filter",
                                    continuous_update=True, layout={"width": "60%"})
+        self.view = widgets.ToggleButtons(options=[("list", "list"), ("tree", "tree")], value=view,
+                                          style={"button_width": "5em"}, layout={"width": "auto"})
+        self.sort = widgets.Dropdown(options=[("in file order", "order"), ("by name", "name"), ("by size", "size")],
+                                     value="order", description="sort", layout={"width": "16em"})
         self.count = widgets.Label()
         # Labels are padded into columns (the list's view keeps runs of spaces); STYLE sets a monospace font.
         self.records = widgets.SelectMultiple(options=[], rows=12, layout={"width": "98%"})
@@ -124,7 +159,8 @@ class ArchiveBrowser(widgets.VBox):
                                               layout={"display": _HIDDEN})
         self.status = widgets.Label()
         # Classes name the parts for styles and for the browser test (tests/test_browser_ui.py).
-        for part, name in ((self.header, "header"), (self.filter, "filter"), (self.records, "records"),
+        for part, name in ((self.header, "header"), (self.filter, "filter"), (self.view, "view"),
+                           (self.sort, "sort"), (self.records, "records"),
                            (self.preview, "preview-area"), (self.device, "device"), (self.variable, "variable"),
                            (self.overwrite, "overwrite"), (self.load_button, "load"), (self.progress, "progress"),
                            (self.status, "status")):
@@ -140,16 +176,29 @@ class ArchiveBrowser(widgets.VBox):
         else:
             self._index(self.archive)
         self._filter = listing.EntryFilter(entry.name for entry in self.entries)
+        self._items = [entry.tree_item() for entry in self.entries]
+        self._columns: list[str] | None = None  # what the tree view shows after each name, made on first use
+        self._whole_tree: tree.TreeNode | None = None
+        self._expanded: set[str] | None = None  # modules opened (no filter); None: not yet decided
+        self._closed_while_filtering: set[str] = set()
+        #: The module clicked last in the tree view (its summary is the preview), or None.
+        self.module: tree.TreeNode | None = None
         self.records.rows = min(max(len(self.entries), 3), 12)
+        # Very large archives filter when the user presses Enter, not at every keystroke.
+        self.filter.continuous_update = len(self.entries) <= FILTER_AS_YOU_TYPE_UP_TO
 
         self.filter.observe(self._on_filter, names="value")
+        self.view.observe(self._on_filter, names="value")
+        self.sort.observe(self._on_filter, names="value")
         self.records.observe(self._on_select, names="value")
         self.load_button.on_click(self._on_load)
-        self._show(self._filter.matching(""))
+        self._refresh()
 
         panel = widgets.HBox([self.device, self.variable, self.overwrite, self.load_button],
                              layout={"flex_flow": "row wrap", "align_items": "center"})
-        super().__init__([widgets.HTML(STYLE), self.header, widgets.HBox([self.filter, self.count]), self.records,
+        controls = widgets.HBox([self.filter, self.view, self.sort, self.count],
+                                layout={"flex_flow": "row wrap", "align_items": "center"})
+        super().__init__([widgets.HTML(STYLE), self.header, controls, self.records,
                           self.more, self.preview, panel, self.progress, self.status])
         self.add_class("nbckpt-browser")
 
@@ -173,35 +222,104 @@ class ArchiveBrowser(widgets.VBox):
     # -- the list ----------------------------------------------------------------------------
 
     def _on_filter(self, change: Mapping[str, Any]) -> None:
-        self._show(self._filter.matching(change["new"]))
+        if change["owner"] is self.filter:
+            self._closed_while_filtering.clear()
+        self._refresh()
 
-    def _show(self, indices: list[int]) -> None:
-        """List the entries at ``indices`` (the first MAX_SHOWN), keeping those selected that stay."""
-        shown = indices[:MAX_SHOWN]
-        visible = set(shown)
+    def _refresh(self) -> None:
+        """Show the entries matching the filter in the chosen view and order (the first
+        MAX_SHOWN lines), keeping those selected that stay."""
+        indices = self._filter.matching(self.filter.value)
+        if self.view.value == "tree":
+            options, lines = self._tree_options(indices)
+        else:
+            options, lines = self._list_options(indices)
+        visible = {value for _, value in options}
         keep = tuple(i for i in self._selected if i in visible)
         self._syncing = True
         try:
-            self.records.options = [(self.entries[i].label, i) for i in shown]
+            self.records.options = options
             self.records.value = keep
         finally:
             self._syncing = False
         total = len(self.entries)
         self.count.value = (f"{total:,} entries" if len(indices) == total
                             else f"{len(indices):,} of {total:,} entries match")
-        hidden = len(indices) - len(shown)
+        hidden = lines - len(options)
         self.more.value = f"{hidden:,} more… type in the filter to narrow the list" if hidden else ""
         self.more.layout.display = None if hidden else _HIDDEN
         if keep != self._selected:
             self._selection_changed(keep)
 
+    def _list_options(self, indices: list[int]) -> tuple[list[tuple[str, Any]], int]:
+        if self.sort.value == "name":
+            indices = sorted(indices, key=lambda i: tree.natural_key(self.entries[i].name))
+        elif self.sort.value == "size":
+            indices = sorted(indices, key=lambda i: -self.entries[i].nbytes)
+        return [(self.entries[i].label, i) for i in indices[:MAX_SHOWN]], len(indices)
+
+    def _tree_options(self, indices: list[int]) -> tuple[list[tuple[str, Any]], int]:
+        filtering = len(indices) != len(self.entries)
+        if self._whole_tree is None:
+            self._whole_tree = tree.build_tree(self._items)
+            self._columns = listing.entry_columns([e.record for e in self.entries if e.record is not None],
+                                                  {e.name: self.archive.values[e.name] for e in self.entries
+                                                   if e.record is None})
+        if self._expanded is None:
+            self._expanded = tree.module_paths(self._whole_tree,
+                                               None if len(self.entries) <= OPEN_ALL_UP_TO else 1)
+        if filtering:
+            root = tree.build_tree(self._items, only=indices)
+            expanded = tree.module_paths(root) - self._closed_while_filtering
+        else:
+            root, expanded = self._whole_tree, self._expanded
+        rows = tree.visible_rows(root, expanded, self.sort.value)
+        shown = rows[:MAX_SHOWN]
+        labels = listing.tree_labels(shown, self._columns)
+        return [(label, (_MODULE, row.node.path) if row.node.is_module else row.node.entry)
+                for label, row in zip(labels, shown)], len(rows)
+
     def _on_select(self, change: Mapping[str, Any]) -> None:
-        if not self._syncing:
-            self._selection_changed(tuple(change["new"]))
+        if self._syncing:
+            return
+        chosen = tuple(change["new"])
+        modules = [value[1] for value in chosen if isinstance(value, tuple)]
+        if modules:
+            # A click on a module opens or closes it; the module leaves the selection, so a second click
+            # on it is a change again.
+            self._selected = tuple(value for value in chosen if not isinstance(value, tuple))
+            self.toggle(*modules)
+            return
+        self.module = None
+        self._selection_changed(chosen)
+
+    def toggle(self, *paths: str) -> None:
+        """Open the closed modules among ``paths`` of the tree view and close the open ones
+        (as clicking them does); the preview shows the last one's summary."""
+        filtering = bool(self.filter.value.strip())
+        opened = self._expanded if not filtering else None
+        for path in paths:
+            if filtering:
+                self._closed_while_filtering ^= {path}
+            else:
+                opened ^= {path}
+        self._refresh()
+        self.module = self._module_node(paths[-1])
+        if self.module is not None and not self._selected:
+            self.preview.children = [widgets.HTML(f"<b>{html.escape(self.module.path)}/</b>&nbsp; "
+                                                  f"{html.escape(listing.module_summary(self.module))}")]
+
+    def _module_node(self, path: str) -> tree.TreeNode | None:
+        node = self._whole_tree
+        for part in path.split("."):
+            node = next((child for child in node.children if child.is_module and child.name == part), None)
+            if node is None:
+                return None
+        return node
 
     def select(self, *names: str) -> None:
         """Select the entries named ``names`` (as the user would in the list; they must be listed)."""
-        by_name = {self.entries[i].name: i for _, i in self.records.options}
+        by_name = {self.entries[i].name: i for _, i in self.records.options if not isinstance(i, tuple)}
         missing = [name for name in names if name not in by_name]
         if missing:
             raise KeyError(f"not in the list: {', '.join(missing)} (check the name and the filter)")

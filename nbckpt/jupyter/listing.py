@@ -27,9 +27,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..archive import ArchiveInfo, Record
 from ..summary import format_bytes, format_shape
+from .tree import Row, TreeNode, format_count
 
 __all__ = ["entry_labels", "value_text", "value_preview", "EntryFilter", "variable_name", "parse_variable_names",
-           "name_problem", "header_rows", "NAME_WIDTH"]
+           "name_problem", "header_rows", "entry_columns", "tree_labels", "module_summary", "NAME_WIDTH"]
 
 #: Names longer than this do not widen every line (they push their own line's columns right).
 NAME_WIDTH = 60
@@ -202,9 +203,62 @@ def header_rows(info: ArchiveInfo, values: int = 0) -> list[tuple[str, str]]:
     order = info.byteorder + ("" if info.byteorder_recorded else " (assumed: not recorded in the file)")
     return [
         ("file", info.source),
-        ("format", f"zip (torch >= 1.6), version {info.version}"),
+        ("format", getattr(info, "description", "") or f"zip (torch >= 1.6), version {info.version}"),
         ("byte order", order),
         ("size", f"{format_bytes(info.file_bytes)} ({format_bytes(info.array_bytes)} of array data)"),
         ("entries", f"{info.records:,} arrays in {info.storages:,} storages, {values:,} other "
                     f"{'entry' if values == 1 else 'entries'}"),
     ]
+
+
+def entry_columns(records: Iterable[Record], values: Mapping[str, Any]) -> list[str]:
+    """What a tree view shows after each entry's name, arrays first (as :func:`entry_labels`):
+    shape, dtype, saved device and size, aligned; :func:`value_text` of other values.
+
+        >>> import numpy as np
+        >>> r = Record("w", ("w",), (3, 4), np.dtype("float32"), "cpu", 48, "0", 0, (4, 1))
+        >>> entry_columns([r], {"step": 7})
+        ['(3, 4)  float32  cpu  48 B', 'int: 7']
+    """
+    rows = [(format_shape(r.shape), str(r.dtype), r.location, format_bytes(r.nbytes)) for r in records]
+    widths = _widths(rows)
+    columns = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return columns + [value_text(value) for value in values.values()]
+
+
+def module_summary(node: TreeNode) -> str:
+    """One line about a module: entries, parameters, bytes and dtypes (most parameters first).
+
+        >>> from nbckpt.jupyter.tree import TreeItem, build_tree
+        >>> root = build_tree([TreeItem("enc.w", 12_000, 48_000, "float32"), TreeItem("enc.b", 40, 80, "float16")])
+        >>> module_summary(root.child("enc"))
+        '2 entries, 12K params, 47.0 KiB, float32 float16'
+    """
+    dtypes = " ".join(sorted(node.dtypes, key=lambda dtype: -node.dtypes[dtype]))
+    parts = [f"{node.count:,} {'entry' if node.count == 1 else 'entries'}", f"{format_count(node.params)} params",
+             format_bytes(node.nbytes)]
+    return ", ".join(parts) + (f", {dtypes}" if dtypes else "")
+
+
+#: Marks of a collapsed and an expanded module in a tree view.
+CLOSED, OPENED = "▸", "▾"
+
+
+def tree_labels(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
+    """One line per row of a tree view: indented by depth, a module as ``▸ name/  summary``
+    (``▾`` when expanded), an entry as its name and ``columns[entry]``; names aligned
+    (up to :data:`NAME_WIDTH`) within the rows given.
+
+        >>> from nbckpt.jupyter.tree import TreeItem, build_tree, visible_rows
+        >>> root = build_tree([TreeItem("enc.w", 6, 24, "float32"), TreeItem("step", 0, 0, "")])
+        >>> for line in tree_labels(visible_rows(root, {"enc"}), ["(2, 3)  float32  cpu  24 B", "int: 7"]):
+        ...     print(line)
+        ▾ enc/  1 entry, 6 params, 24 B, float32
+            w   (2, 3)  float32  cpu  24 B
+          step  int: 7
+    """
+    heads = [("  " * row.depth + (f"{OPENED if row.expanded else CLOSED} {row.node.name}/" if row.node.is_module
+                                   else f"  {row.node.name}")) for row in rows]
+    width = min(max((len(head) for head in heads), default=0), NAME_WIDTH)
+    return [f"{head.ljust(width)}  {module_summary(row.node) if row.node.is_module else columns[row.node.entry]}"
+            for head, row in zip(heads, rows)]
