@@ -48,7 +48,7 @@ from .jupyter import stats, views
 from .meta import MetaArray
 from .remote import is_url
 from .sources import remove_stale_temporaries
-from .summary import RECORD_COLUMNS, record_rows, table_text
+from .summary import record_columns, record_rows, table_text
 from .text import EscapingWriter, escape, safe_repr
 from .verify import verify
 
@@ -289,7 +289,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         caption += f" matching {escape(args.pattern)}"
     print(caption)
     if records:
-        print(_table(RECORD_COLUMNS, record_rows(records)))
+        columns = record_columns(records)  # plus chunks and files for sharded checkpoints
+        print(_table(columns, record_rows(records, columns)))
     if values:
         names = [escape(name) or "(root)" for name in values]
         shown = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")

@@ -480,3 +480,37 @@ def test_an_object_entry_that_runs_code_is_refused(two_chunks, tmp_path):
         nbckpt.open(folder)
     assert refused.value.global_name in ("posix.system", "os.system")
     assert not sentinel.exists()
+
+
+# -- listings ------------------------------------------------------------------------------------
+
+
+def test_cli_and_magic_listings_show_chunks_and_files(tmp_path, capsys):
+    """A DCP checkpoint lists as one archive, with how many chunks and which files hold each array."""
+    import dask.array as da
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from nbckpt.cli import main
+
+    folder = tmp_path / "sharded"
+    weight = np.arange(32, dtype=np.float32).reshape(8, 4)
+    nbckpt.save({"w": da.from_array(weight, chunks=(4, 4)), "b": np.ones(3, np.float32)}, folder, format="dcp")
+    with nbckpt.open(folder) as archive:
+        files = {r.name: r.shard for r in archive.records}
+    assert len(files["w"].split(", ")) == 2 and len(files["b"].split(", ")) == 1
+
+    assert main(["ls", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["name", "shape", "dtype", "device", "size", "shared", "with", "chunks", "files"]
+    rows = {line.split()[0]: line for line in lines[3:]}
+    assert rows["w"].split()[-3:] == ["2"] + files["w"].split()
+    assert rows["b"].split()[-2:] == ["1", files["b"]]
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbckpt")
+    with capture_output() as captured:
+        shell.run_line_magic("ckpt", f"ls {folder}")
+    (text,) = [o.data["text/plain"] for o in captured.outputs]
+    assert text.splitlines()[1].split()[-2:] == ["chunks", "files"]
+    assert files["w"] in text and files["b"] in text

@@ -35,7 +35,7 @@ from ..compare import diff
 from ..devices import MAP_TEXT_CHOICES, devices, parse_map_text
 from ..errors import STRAY_ERRORS, DeviceError, FormatError, UnpicklingError
 from ..remote import is_url
-from ..summary import RECORD_COLUMNS, format_bytes, record_rows, table_html, table_text
+from ..summary import format_bytes, record_columns, record_rows, table_html, table_text
 from ..text import escape, safe_repr
 from . import cache, namespace, pictures, stats, views
 
@@ -293,13 +293,14 @@ class CheckpointMagics(Magics):
         if args.pattern:
             records = [r for r in records if fnmatch.fnmatchcase(r.name, args.pattern)]
             caption += f", {len(records)} matching {args.pattern}"
-        rows = record_rows(records)
+        columns = record_columns(records)  # plus chunks and files for sharded checkpoints
+        rows = record_rows(records, columns)
         footer = ""
         if values:
             shown = ", ".join(name or "(root)" for name in values[:10]) + (", …" if len(values) > 10 else "")
             footer = f"{_count(len(values), 'other entry', 'other entries')}: {shown}"
-        text = "\n".join(part for part in (caption, table_text(RECORD_COLUMNS, rows) if rows else "", footer) if part)
-        html_text = table_html(RECORD_COLUMNS, rows, caption) + (f"<p>{html.escape(footer)}</p>" if footer else "")
+        text = "\n".join(part for part in (caption, table_text(columns, rows) if rows else "", footer) if part)
+        html_text = table_html(columns, rows, caption) + (f"<p>{html.escape(footer)}</p>" if footer else "")
         display(views.bundle(text, html_text), raw=True)
 
     @magic_arguments(name="ckpt info")
