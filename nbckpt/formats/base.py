@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ..pickling.scan import GlobalRef
     from ..verify import VerifyReport
 
-__all__ = ["Reader", "StorageSource", "StorageRef", "ArrayRef", "LoadOptions", "FormatInfo"]
+__all__ = ["Reader", "StorageSource", "StorageRef", "ArrayRef", "LoadOptions", "FormatInfo", "contiguous_strides"]
 
 
 class StorageRef:
@@ -73,6 +73,21 @@ class StorageRef:
 
     def __repr__(self) -> str:
         return f"StorageRef({self.key!r}, {self.dtype!r}, numel={self.numel}, location={self.location!r})"
+
+
+def contiguous_strides(shape: tuple[int, ...], itemsize: int, *, fortran: bool = False) -> tuple[int, ...]:
+    """Byte strides of a contiguous array (C order, or Fortran order when ``fortran``).
+
+        >>> contiguous_strides((2, 3), 4), contiguous_strides((2, 3), 4, fortran=True)
+        ((12, 4), (4, 8))
+    """
+    order = range(len(shape)) if fortran else reversed(range(len(shape)))
+    strides = [0] * len(shape)
+    step = itemsize
+    for axis in order:
+        strides[axis] = step
+        step *= max(shape[axis], 1)
+    return tuple(strides)
 
 
 class ArrayRef:

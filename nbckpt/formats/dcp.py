@@ -43,7 +43,7 @@ from ..devices import DeviceMap
 from ..errors import CheckpointError, FormatError, UnpicklingError
 from ..format import spec
 from ..format.checkpoint import open_zip_checkpoint
-from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef
+from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef, contiguous_strides
 from .dcp_layout import Chunk, DcpLayout, ObjectEntry, TensorEntry, check_layout
 from .dcp_metadata import METADATA_LIMIT, read_metadata
 
@@ -152,7 +152,7 @@ def _read_stream_into(window: FileWindow, chunk: Chunk, dtype: Any, out: np.ndar
         nbytes = chunk.numel * dtype.itemsize
         if (out is not None and isinstance(ref, ArrayRef) and ref.dtype == dtype.numpy and ref.shape == chunk.sizes
                 and ref.offset == 0 and not ref.transforms and ref.storage.nbytes == nbytes
-                and ref.strides == _c_strides(chunk.sizes, dtype.itemsize) and reader.byteorder == sys.byteorder):
+                and ref.strides == contiguous_strides(chunk.sizes, dtype.itemsize) and reader.byteorder == sys.byteorder):
             reader.storages().host_bytes(ref.storage.key, nbytes, _Into(out), mapped_ok=False)
             return out
         return reader.load(DeviceMap.parse("cpu"), LoadOptions())
@@ -302,13 +302,6 @@ class DcpSource:
         return host
 
 
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
 
 def _map_location(device_map: DeviceMap) -> Any:
     """The ``map_location`` a parsed map came from (for the object entries' own loads)."""
@@ -352,7 +345,7 @@ class DcpReader:
     def array_ref(self, entry: TensorEntry) -> ArrayRef:
         storage = StorageRef(entry.name, entry.dtype, entry.numel, "cpu", shard=", ".join(entry.files),
                              chunks=len(entry.chunks))
-        strides = _c_strides(entry.shape, entry.dtype.itemsize) if entry.numel else None
+        strides = contiguous_strides(entry.shape, entry.dtype.itemsize) if entry.numel else None
         return ArrayRef(storage, entry.dtype.numpy, 0, entry.shape, strides)
 
     def objects(self, map_location: Any = None) -> dict[str, Any]:
@@ -391,7 +384,7 @@ class DcpReader:
         if not entry.numel:
             return materializer.empty(storage, entry.dtype.numpy, entry.shape)
         return materializer.view(storage, entry.dtype.numpy, 0, entry.shape,
-                                 _c_strides(entry.shape, entry.dtype.itemsize))
+                                 contiguous_strides(entry.shape, entry.dtype.itemsize))
 
     def load(self, device_map: DeviceMap, options: LoadOptions) -> Any:
         from ..progress import SILENT, progress_bar

@@ -27,7 +27,7 @@ from ..errors import FormatError
 from ..format import dtypes as torch_dtypes
 from ..format.container import readinto_exact
 from ..materialize import read_flat, swap_to_native
-from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef
+from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef, contiguous_strides
 
 __all__ = ["NpzReader"]
 
@@ -79,7 +79,7 @@ class NpzReader:
             numel = math.prod(member.shape)
             storage = StorageRef(member.info.filename, tdtype, numel, "cpu")
             itemsize = tdtype.itemsize
-            strides = _strides(member.shape, itemsize, member.fortran)
+            strides = contiguous_strides(member.shape, itemsize, fortran=member.fortran)
             self._refs[name] = ArrayRef(storage, tdtype.numpy, 0, member.shape, strides)
 
     def _read_header(self, info: zipfile.ZipInfo) -> _Member:
@@ -209,11 +209,3 @@ def _npy_header(f: Any, what: str) -> tuple[tuple, bool, np.dtype, int]:
     return tuple(shape), bool(fortran), dtype, f.tell() - start
 
 
-def _strides(shape: tuple[int, ...], itemsize: int, fortran: bool) -> tuple[int, ...]:
-    order = range(len(shape)) if fortran else reversed(range(len(shape)))
-    strides = [0] * len(shape)
-    step = itemsize
-    for axis in order:
-        strides[axis] = step
-        step *= max(shape[axis], 1)
-    return tuple(strides)

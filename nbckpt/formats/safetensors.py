@@ -40,7 +40,7 @@ from ..errors import CheckpointError, FormatError
 from ..format import dtypes as torch_dtypes
 from ..format.container import read_exact
 from ..materialize import RangeSource, read_flat
-from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef
+from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef, contiguous_strides
 from .sniff import SAFETENSORS_HEADER_LIMIT
 
 __all__ = ["SafetensorsReader", "DTYPES", "parse_header"]
@@ -129,13 +129,6 @@ def parse_header(raw: bytes, data_size: int) -> tuple[dict[str, tuple[torch_dtyp
     return tensors, dict(metadata)
 
 
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
 
 class SafetensorsReader:
     """A ``.safetensors`` file: see :class:`nbckpt.formats.base.Reader`."""
@@ -164,7 +157,7 @@ class SafetensorsReader:
         self._mapped: dict[int, mmap_module.mmap] = {}
         self._refs = {
             name: ArrayRef(StorageRef(name, dtype, math.prod(shape), "cpu"), dtype.numpy, 0, shape,
-                           _c_strides(shape, dtype.itemsize))
+                           contiguous_strides(shape, dtype.itemsize))
             for name, (dtype, shape, _begin, _end) in sorted(self._tensors.items())
         }
 
