@@ -275,7 +275,7 @@ with warnings.catch_warnings(record=True) as caught:
     md("""
 ## On a machine with GPUs
 
-With CuPy installed (`pip install "nbckpt[cuda]"`), the same calls place arrays on GPUs: each
+With CuPy installed (`pip install cupy-cuda12x`, nbckpt's `cuda` extra), the same calls place arrays on GPUs: each
 storage is read once into pinned host memory and copied inside `cupy.cuda.Device(N)`, so
 `cuda:1` really lands on GPU 1 and nothing is allocated on GPU 0. CuPy arrays save back with
 their device tag. This cell only does something when a GPU is there:

@@ -4,7 +4,7 @@ Every zip record carries the CRC-32 of its content (the polynomial of zip,
 gzip and PNG, as :func:`zlib.crc32` computes it). A save computes one over
 every byte it writes, and ``load(verify=True)`` over every byte it reads, so
 its speed bounds theirs. `ISA-L <https://github.com/intel/isa-l>`_ (the
-``isal`` package, installed by ``pip install nbckpt[fast]``) computes the same
+``isal`` package, installed by ``pip install isal``, nbckpt's ``fast`` extra) computes the same
 value with carry-less multiplication, several times faster than zlib's table
 code (measured on this project's machine: 23 GB/s against 2.7 GB/s). Without
 it, zlib's is used and every result is the same.

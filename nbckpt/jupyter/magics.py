@@ -344,7 +344,7 @@ class CheckpointMagics(Magics):
         try:
             histogram, heatmap = pictures.histogram_png(array), pictures.heatmap_png(array)
         except ImportError as err:
-            raise UsageError(f"pictures need matplotlib ({err}): pip install 'nbckpt[jupyter]'") from err
+            raise UsageError(f"pictures need matplotlib ({err}): pip install matplotlib (part of nbckpt's jupyter extra)") from err
         display({"image/png": histogram, "text/plain": f"[histogram of {args.name}]"}, raw=True)
         if heatmap is not None:
             display({"image/png": heatmap, "text/plain": f"[heat map of {args.name}]"}, raw=True)
@@ -358,7 +358,7 @@ class CheckpointMagics(Magics):
         try:
             from .browser import ArchiveBrowser  # noqa: PLC0415 - the widget layer, only when asked for
         except ImportError as err:
-            raise UsageError(f"the archive browser needs ipywidgets ({err}): pip install 'nbckpt[jupyter]'. "
+            raise UsageError(f"the archive browser needs ipywidgets ({err}): pip install ipywidgets (part of nbckpt's jupyter extra). "
                              f"Meanwhile, %ckpt ls {_quote(path)} lists the arrays.") from err
         with _user_errors(subject=path, format_hint=f". {_ZIP_ONLY}."):
             browser = ArchiveBrowser(path)

@@ -134,7 +134,7 @@ def _pictures(array: Any, stats: ArrayStats) -> tuple[widgets.Image | None, widg
         with np.errstate(all="ignore"):
             histogram, heatmap = pictures.histogram_png(array), pictures.heatmap_png(array)
     except ImportError as err:
-        return None, None, f"no pictures: they need matplotlib ({err}); pip install 'nbckpt[jupyter]'"
+        return None, None, f"no pictures: they need matplotlib ({err}); pip install matplotlib (part of nbckpt's jupyter extra)"
     except (ValueError, ArithmeticError, MemoryError) as err:
         # Values from a file can defeat the drawing (a range of ±1.7e308 overflows
         # the bins); the numbers above are still right, so say so and go on.
