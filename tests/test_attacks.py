@@ -142,7 +142,6 @@ _bug(["tensor_as_dict_key.pt"], ("open", "verify"),
 _bug(["size1_stride_2_62.pt"], ("open", "preview"), "open raises NumPy's ValueError (archive.py)")
 _bug(["cuda_5000_digits.pt"], ("open", "verify", "preview"),
      "open/verify on a 'cuda:' + 5000-digit location: untyped error or OK (devices.py/verify.py)")
-_bug(["huge_int_value.pt"], "preview", "listing.value_text/value_preview repr a 5000-digit int (ValueError)")
 
 
 def _known_bug(file: str, mode: str) -> str | None:

@@ -718,3 +718,12 @@ def test_sorting_the_list_and_the_tree(state_file, make_browser):
     assert heads_of(b)[:4] == ["embed", "▾ layer1/", "weight", "bias"]
     with pytest.raises(ValueError, match="view must be 'list' or 'tree', not 'grid'"):
         ArchiveBrowser(state_file, view="grid")
+
+
+def test_value_texts_of_ints_past_pythons_str_limit():
+    """A 5000-digit int (Python refuses str() past 4300 digits) previews as its size, never raises."""
+    from nbckpt.jupyter.listing import value_preview, value_text
+
+    huge = 10 ** 5000
+    assert value_text(huge) == "int: <int of 16610 bits: 0x31e20801036510f3…>"
+    assert value_preview({"n": huge, "lr": 0.1}) == "{'n': <int of 16610 bits: 0x31e20801036510f3…>, 'lr': 0.1}"

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..archive import ArchiveInfo, Record
 from ..summary import format_bytes, format_shape
+from ..text import safe_repr
 from .tree import Row, TreeNode, format_count
 
 __all__ = ["entry_labels", "value_text", "value_preview", "EntryFilter", "variable_name", "parse_variable_names",
@@ -69,7 +70,11 @@ def value_text(value: Any, limit: int = 70) -> str:
         'list of 100: [0, 1, 2, 3, 4, 5, ...]'
     """
     size = f" of {len(value)}" if isinstance(value, (list, tuple, set, frozenset)) and len(value) > 6 else ""
-    text = f"{type(value).__name__}{size}: {_SHORT.repr(value)}"
+    try:
+        shown = _SHORT.repr(value)
+    except ValueError:  # an int past Python's str limit (sys.get_int_max_str_digits)
+        shown = safe_repr(value, limit)
+    text = f"{type(value).__name__}{size}: {shown}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -88,10 +93,13 @@ def value_preview(value: Any, limit: int = 4000, pretty_items: int = 2000) -> st
         >>> value_preview(list(range(10**6)))[-12:]
         '48, 49, ...]'
     """
-    if _items_up_to(value, pretty_items + 1) <= pretty_items:
-        text = pprint.pformat(value, width=100, compact=True)
-    else:
-        text = _LONG.repr(value)
+    try:
+        if _items_up_to(value, pretty_items + 1) <= pretty_items:
+            text = pprint.pformat(value, width=100, compact=True)
+        else:
+            text = _LONG.repr(value)
+    except ValueError:  # an int past Python's str limit: nbckpt's bounded repr shows its size
+        text = safe_repr(value, limit)
     return text if len(text) <= limit else text[:limit] + " …"
 
 
