@@ -16,7 +16,7 @@ from .pickling.run import gc_paused
 from .pickling.scan import GlobalRef, scan_pickle
 from .pickling.writer import CheckpointPickler, SavePlan, skipped_data
 from .progress import progress_bar
-from .sources import archive_prefix, atomic_write, check_storage_options, check_writable, is_path
+from .io.sources import archive_prefix, atomic_write, check_storage_options, check_writable, is_path
 
 __all__ = ["save", "load", "scan"]
 
@@ -29,7 +29,7 @@ def save(obj: Any, f: Any, *, format: str = "zip", progress: bool | None = None,
     ``f`` is a path (written atomically: a failed save leaves any previous file
     untouched), a URL (``s3://bucket/model.pt``: written to a local temporary
     file, then uploaded in one operation; on S3, GCS and Azure the object appears
-    whole or not at all, see :mod:`nbckpt.remote`; ``storage_options`` go to
+    whole or not at all, see :mod:`nbckpt.io.remote`; ``storage_options`` go to
     fsspec) or a binary file object (only ``write`` and ``flush`` are used).
     ``obj`` may nest dicts, OrderedDicts, lists, tuples, namedtuples and sets of
     NumPy arrays and scalars, str, bytes, bytearray, int, float, complex, bool

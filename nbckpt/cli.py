@@ -46,8 +46,8 @@ from .devices import MAP_TEXT_CHOICES, parse_map_text
 from .errors import DeviceError, LossyConversionError, UnpicklingError, typed_errors
 from .jupyter import stats, views
 from .meta import MetaArray
-from .remote import is_url
-from .sources import remove_stale_temporaries
+from .io.remote import is_url
+from .io.sources import remove_stale_temporaries
 from .summary import record_columns, record_rows, table_text
 from .text import EscapingWriter, escape, safe_repr
 from .verify import verify

@@ -45,7 +45,7 @@ from .errors import FormatError, typed_errors
 from .numeric import array_module, computable, numeric_kind, to_host, to_scalar
 from .meta import MetaArray
 from .progress import progress_bar
-from .sources import is_url
+from .io.sources import is_url
 from .summary import format_shape, table_html, table_text
 from .text import safe_repr
 

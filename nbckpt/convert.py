@@ -56,13 +56,13 @@ from typing import Any, Iterator
 import ml_dtypes
 import numpy as np
 
-from . import remote
+from .io import remote
 from .api import load, save
 from .errors import FormatError, LossyConversionError, typed_errors
 from .format import dtypes as torch_dtypes
 from .meta import MetaArray
 from .formats.names import dotted_name
-from .sources import atomic_path, atomic_write, check_storage_options, is_url
+from .io.sources import atomic_path, atomic_write, check_storage_options, is_url
 from .summary import format_bytes
 
 __all__ = ["convert", "ConversionReport", "format_of", "FORMATS", "METADATA_KEY"]

@@ -165,7 +165,7 @@ def from_checkpoint(path: Any, *, chunks: Any = None, map_location: Any = None,
     """
     from .formats.dcp import DcpReader
     from .formats.sniff import open_reader
-    from .sources import is_path
+    from .io.sources import is_path
 
     if not is_path(path):
         raise TypeError(f"from_checkpoint needs a local path (workers open the file themselves), got "

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CheckpointError
-from .sources import open_source
+from .io.sources import open_source
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 

@@ -69,7 +69,7 @@ def test_sigkill_during_saves_never_destroys_the_checkpoint(tmp_path):
 
 
 def _temporary(folder, *, host=None, pid, start=0) -> pathlib.Path:
-    from nbckpt import sources
+    from nbckpt.io import sources
 
     path = pathlib.Path(folder) / f".x.pt.nbckpt-{host or sources._host()}-{pid}-{start}-abcd1234.tmp"
     path.write_bytes(b"partial")
@@ -83,7 +83,7 @@ def _dead_pid() -> int:
 
 
 def test_saves_remove_only_the_temporaries_of_writers_that_are_gone(tmp_path):
-    from nbckpt import sources
+    from nbckpt.io import sources
 
     dead = _temporary(tmp_path, pid=_dead_pid())
     live = _temporary(tmp_path, pid=os.getpid(), start=sources._process_start(os.getpid()))
@@ -153,7 +153,7 @@ def test_disk_full_on_a_path_keeps_the_previous_file(tmp_path, monkeypatch):
         f.write = write
         return f
 
-    monkeypatch.setattr("nbckpt.sources.os.fdopen", fdopen)
+    monkeypatch.setattr("nbckpt.io.sources.os.fdopen", fdopen)
     with pytest.raises(OSError, match="No space left"):
         nbckpt.save({"new": np.ones(100_000)}, path)
     assert path.read_bytes() == before

@@ -17,7 +17,7 @@ import pytest
 
 import nbckpt
 import nbckpt.api
-from nbckpt import remote
+from nbckpt.io import remote
 from remote_servers import S3_CREDENTIALS, RangeHTTPServer, S3Server
 from test_magics import ipython, run, run_cell, shell, texts  # noqa: F401 - fixtures
 

@@ -198,7 +198,7 @@ def save_dcp(state: Mapping, folder: Any, *, durable: bool = True, progress: boo
     atomically. ``durable=False`` skips the fsyncs; ``progress`` shows a
     progress bar as :func:`nbckpt.save` does.
     """
-    from ..sources import is_path, is_url
+    from ..io.sources import is_path, is_url
 
     if not is_path(folder) or is_url(folder) or storage_options is not None:
         raise ValueError(f"format='dcp' writes a local folder (workers write its files themselves); got "
@@ -296,7 +296,7 @@ def _write_dask_blocks(folder: str, token: str, blocks: list, metadata: Metadata
 
 
 def _write_metadata(folder: str, metadata: Metadata, durable: bool) -> None:
-    from ..sources import atomic_write
+    from ..io.sources import atomic_write
 
     with atomic_write(os.path.join(folder, METADATA_FILE), durable=durable) as f:
         f.write(dump_metadata(metadata))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap as mmap_module
 from typing import Any
 
-from ..sources import is_path, is_url
+from ..io.sources import is_path, is_url
 
 __all__ = ["mmap_access", "check_mmap_source"]
 

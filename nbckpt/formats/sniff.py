@@ -165,7 +165,7 @@ def sniff(f: Any, *, storage_options: dict | None = None) -> str:
 
     A file object's position is kept.
     """
-    from ..sources import open_source
+    from ..io.sources import open_source
 
     if _is_folder(f):
         return sniff_folder(os.fsdecode(f))
@@ -189,7 +189,7 @@ def reader_class(fmt: str) -> type:
 
 
 def _is_folder(f: Any) -> bool:
-    from ..sources import is_path
+    from ..io.sources import is_path
 
     return is_path(f) and os.path.isdir(f)
 
@@ -201,7 +201,7 @@ def open_reader(f: Any, *, weights_only: bool = True, storage_options: dict | No
     (with fsspec ``storage_options``) or a seekable binary file object, used
     from its current position.
     """
-    from ..sources import is_path, open_input
+    from ..io.sources import is_path, open_input
 
     if _is_folder(f):
         path = os.fsdecode(f)

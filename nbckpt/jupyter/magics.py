@@ -34,7 +34,7 @@ from ..archive import open as open_archive
 from ..compare import diff
 from ..devices import MAP_TEXT_CHOICES, devices, parse_map_text
 from ..errors import STRAY_ERRORS, DeviceError, FormatError, UnpicklingError
-from ..remote import is_url
+from ..io.remote import is_url
 from ..summary import format_bytes, record_columns, record_rows, table_html, table_text
 from ..text import escape, safe_repr
 from . import cache, namespace, pictures, stats, views

@@ -1,7 +1,7 @@
 """Where checkpoints come from and go to: paths, URLs, file objects, atomic writes.
 
 A ``str`` that starts with a protocol (``s3://``, ``https://``...) is a URL,
-opened through fsspec (:mod:`nbckpt.remote`) with the ``storage_options``
+opened through fsspec (:mod:`nbckpt.io.remote`) with the ``storage_options``
 given; every other ``str`` or ``os.PathLike`` is a local path.
 
 Saving to a path is atomic: the bytes go to a temporary file in the same
@@ -38,7 +38,7 @@ import threading
 from typing import IO, Any, Iterator
 
 from . import remote
-from .progress import progress_bar
+from ..progress import progress_bar
 from .remote import is_url
 
 __all__ = ["is_path", "is_url", "archive_prefix", "atomic_write", "atomic_path", "open_source", "open_input",
@@ -98,7 +98,7 @@ def atomic_write(path: str | os.PathLike, *, storage_options: dict | None = None
     """A binary file that replaces ``path`` only when the block completes.
 
     A URL is written to a local temporary file that is uploaded when the block
-    completes (see :mod:`nbckpt.remote`; ``progress`` as in :func:`nbckpt.save`
+    completes (see :mod:`nbckpt.io.remote`; ``progress`` as in :func:`nbckpt.save`
     for the upload); ``file://`` URLs are local paths. ``durable=False`` skips
     the fsyncs: the replacement is still atomic for a process that crashes, but
     not for a machine that loses power before the OS writes the file out.
