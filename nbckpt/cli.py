@@ -7,7 +7,7 @@
     nbckpt show FILE NAME        one array's statistics and first values (or one value)
     nbckpt verify FILE           check every CRC-32, size, the pickle and every view
     nbckpt diff A B              arrays and values that differ
-    nbckpt convert SRC DST       between torch files, safetensors and .npz (by extension)
+    nbckpt convert SRC DST       between torch files, DCP, safetensors and .npz (--format or extension)
 
 FILE may be a path or a URL (``s3://...``, ``https://...``; ``-o KEY=VALUE`` passes
 fsspec storage options). Every sub-command takes ``--json`` (one JSON document on
@@ -41,7 +41,7 @@ from . import __version__
 from .api import scan
 from .archive import Archive
 from .compare import DiffReport, diff
-from .convert import FORMATS, convert
+from .convert import FORMATS, TARGETS, convert
 from .devices import MAP_TEXT_CHOICES, parse_map_text
 from .errors import DeviceError, LossyConversionError, UnpicklingError, typed_errors
 from .jupyter import stats, views
@@ -152,14 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
                   [common, unsafe, device])
     sub.add_argument("a", metavar="A")
     sub.add_argument("b", metavar="B")
-    sub = command("convert", cmd_convert, f"convert between torch files, safetensors and .npz, formats by "
-                  f"extension ({', '.join(FORMATS)}); refuses what would lose something unless --lossy",
-                  [common, unsafe])
+    sub = command("convert", cmd_convert, f"convert between torch files, DCP folders, safetensors and .npz, the "
+                  f"target's format by --format or its extension ({', '.join(FORMATS)}); refuses what would lose "
+                  f"something unless --lossy", [common, unsafe])
     sub.add_argument("src", metavar="SRC")
     sub.add_argument("dst", metavar="DST")
     sub.add_argument("--lossy", action="store_true",
                      help="convert even when the target cannot hold everything (what is lost goes to stderr)")
-    sub.add_argument("--legacy", action="store_true", help="write a torch target in torch's pre-1.6 format")
+    sub.add_argument("-f", "--format", choices=tuple(TARGETS), default=None,
+                     help="the target's format, as nbckpt.save(format=...) takes it, or safetensors or npz "
+                          "(default: by the extension of DST)")
+    sub.add_argument("--legacy", action="store_true", help="write a torch target in torch's pre-1.6 format "
+                     "(the same as --format legacy)")
     return parser
 
 
@@ -366,7 +370,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(args.file, storage_options=args.options if is_url(args.file) else None, progress=_progress())
     if not is_url(args.file):  # what saves killed mid-way (SIGKILL) left next to the file
         for path in remove_stale_temporaries(os.path.dirname(os.path.abspath(args.file))):
-            _warn(f"removed {path}: the temporary file of a save whose process is gone")
+            _warn(f"removed {escape(str(path))}: the temporary file of a save whose process is gone")
     if args.json:
         _print_json({"file": args.file, "format": report.format, "ok": report.ok,
                      "records_checked": report.records_checked,
@@ -405,22 +409,27 @@ def _diff_json(report: DiffReport) -> dict[str, Any]:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """``nbckpt convert SRC DST [--lossy] [--legacy]``."""
+    """``nbckpt convert SRC DST [--lossy] [--format FORMAT | --legacy]``."""
+    fmt = args.format
+    if args.legacy:
+        if fmt not in (None, "legacy"):
+            raise CommandError(f"--legacy is --format legacy; it cannot go with --format {fmt}")
+        fmt = "legacy"
     try:
-        report = convert(args.src, args.dst, lossy=args.lossy, legacy=args.legacy, weights_only=not args.unsafe,
+        report = convert(args.src, args.dst, format=fmt, lossy=args.lossy, weights_only=not args.unsafe,
                          storage_options=args.options, progress=_progress())
     except LossyConversionError as err:
         if args.json:
             _print_json(err.report.to_dict())
-        lines = "".join(f"\n  - {item}" for item in err.lost)
+        lines = "".join(f"\n  - {escape(item)}" for item in err.lost)  # one line each: names are the file's
         raise CommandError(f"refused: converting {args.src} to {args.dst} would lose:{lines}\n"
                            f"Pass --lossy to convert anyway.") from None
     for item in report.lost:
-        _warn(f"lost: {item}")
+        _warn(f"lost: {escape(item)}")
     if args.json:
         _print_json(report.to_dict())
     else:
-        print("\n".join([report.summary()] + [f"  note: {note}" for note in report.notes]))
+        print("\n".join([escape(report.summary())] + [f"  note: {escape(note)}" for note in report.notes]))
     return EXIT_OK
 
 
@@ -448,8 +457,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nbckpt`` with ``argv`` (default: the command line); returns the exit status."""
     # Everything printed goes through an escaping writer: names, values, file names
     # and messages can come from the file, whose author must not drive the terminal.
+    # File names are the user's, but may hold a newline or CR too ($'a\nOK b.pt'): each
+    # argument is escaped whole wherever it is printed, so no line of output is forged.
+    names = list(sys.argv[1:] if argv is None else argv)
+    # ...and so are the forms of them messages quote (the folder of a file, its absolute path).
+    names += [form for arg in names if isinstance(arg, str)
+              for form in (os.path.dirname(arg), os.path.abspath(arg), os.path.dirname(os.path.abspath(arg)))
+              if form]
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = EscapingWriter(sys.stdout), EscapingWriter(sys.stderr)
+    sys.stdout, sys.stderr = EscapingWriter(sys.stdout, names), EscapingWriter(sys.stderr, names)
     try:
         return _main(argv)
     finally:

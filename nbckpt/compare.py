@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -42,6 +43,8 @@ import numpy as np
 
 from .archive import Archive, Record
 from .errors import FormatError, typed_errors
+from .formats.names import exact_name
+from .formats.sharded import MISSING as MISSING_SHARD
 from .numeric import array_module, computable, numeric_kind, to_host, to_scalar
 from .meta import MetaArray
 from .progress import progress_bar
@@ -170,43 +173,86 @@ class DiffReport:
         return table_html(self.COLUMNS, self.rows(), caption=self.summary())
 
 
-def diff(a: Any, b: Any, *, map_location: Any = "cpu", storage_options: dict | None = None,
-         progress: bool | None = False) -> DiffReport:
+class _NotGiven:
+    """The default of :func:`diff`'s ``map_location`` while its old default ("cpu") is deprecated."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+_NOT_GIVEN: Any = _NotGiven()
+
+#: Locations whose arrays load without a device: the host, ``meta`` arrays (never read) and
+#: the arrays of a sharded checkpoint's missing shards (never read either).
+_HOST_LOCATIONS = ("cpu", "meta", MISSING_SHARD)
+
+
+def diff(a: Any, b: Any, *, map_location: Any = _NOT_GIVEN, storage_options: dict | None = None,
+         progress: bool | None = None) -> DiffReport:
     """Compare checkpoints ``a`` and ``b`` (paths, URLs, file objects or open :class:`Archive`\\ s).
 
-    Arrays are read one at a time onto ``map_location`` (by default the host;
-    ``"cuda:0"`` compares on a GPU) with the safe loader. ``storage_options``
-    go to fsspec for whichever of ``a`` and ``b`` is a URL. ``progress`` shows a
-    progress bar over the bytes compared (``None``: only when there are many).
+    Arrays are read one at a time with the safe loader, placed by
+    ``map_location`` as :func:`nbckpt.load` and :func:`nbckpt.open` place them:
+    ``None`` (the default) on the device each was saved on, ``"cpu"`` on the
+    host, ``"cuda:0"`` on a GPU (the comparison then runs there). Open
+    archives are compared where they load unless ``map_location`` is given.
+    ``storage_options`` go to fsspec for whichever of ``a`` and ``b`` is a URL.
+    ``progress`` shows a progress bar over the bytes compared (``None``, the
+    default: only when there are many; ``True`` always; ``False`` never).
     See the module doc for how values are compared.
+
+    Until nbckpt 0.2 the default was ``"cpu"``: a call that does not pass
+    ``map_location`` on a checkpoint holding arrays saved on a GPU still
+    compares them on the host, with a :class:`DeprecationWarning`; pass
+    ``map_location="cpu"`` to keep that, or ``None`` for the new default.
 
         >>> import io, numpy as np, nbckpt
         >>> buf = io.BytesIO(); nbckpt.save({"w": np.arange(3)}, buf)
         >>> nbckpt.diff(io.BytesIO(buf.getvalue()), io.BytesIO(buf.getvalue())).identical
         True
     """
-    archive_a, close_a = _as_archive(a, map_location, storage_options)
+    given = map_location is not _NOT_GIVEN
+    opened: list[Archive] = []
     try:
-        archive_b, close_b = _as_archive(b, map_location, storage_options)
-        try:
-            with typed_errors(f"comparing {archive_a.source} with {archive_b.source}"):
-                return _diff_archives(archive_a, archive_b, progress)
-        finally:
-            if close_b:
-                archive_b.close()
+        archive_a = _as_archive(a, map_location if given else None, given, storage_options, opened)
+        archive_b = _as_archive(b, map_location if given else None, given, storage_options, opened)
+        if not given:
+            archive_a, archive_b = _on_host_for_now(archive_a, archive_b, opened)
+        with typed_errors(f"comparing {archive_a.source} with {archive_b.source}"):
+            return _diff_archives(archive_a, archive_b, progress)
     finally:
-        if close_a:
-            archive_a.close()
+        for archive in reversed(opened):
+            archive.close()
 
 
-def _as_archive(f: Any, map_location: Any, storage_options: dict | None) -> tuple[Archive, bool]:
+def _as_archive(f: Any, map_location: Any, given: bool, storage_options: dict | None,
+                opened: list[Archive]) -> Archive:
+    """``f`` as an archive placing arrays by ``map_location`` (an open one only when ``given``)."""
     if isinstance(f, Archive):
-        return f, False
+        return f.remapped(map_location) if given else f
     with typed_errors(f"opening {f!r} to compare it"):
-        return Archive(f, map_location=map_location, storage_options=storage_options if is_url(f) else None), True
+        archive = Archive(f, map_location=map_location, storage_options=storage_options if is_url(f) else None)
+    opened.append(archive)
+    return archive
 
 
-def _diff_archives(a: Archive, b: Archive, progress: bool | None = False) -> DiffReport:
+def _on_host_for_now(a: Archive, b: Archive, opened: list[Archive]) -> tuple[Archive, Archive]:
+    """The old default (``"cpu"``) for the archives :func:`diff` opened that hold arrays saved on a
+    device, with a DeprecationWarning: loading them where they were saved needs that device."""
+    devices = sorted({r.location for archive in (a, b) if any(archive is o for o in opened)
+                      for r in archive.records if r.location.split(":")[0] not in _HOST_LOCATIONS})
+    if not devices:
+        return a, b
+    warnings.warn(
+        f"nbckpt.diff compares arrays saved on {', '.join(devices)} on the host because map_location was not "
+        f"given. map_location now defaults to None, as in nbckpt.load and nbckpt.open (each array on the "
+        f"device it was saved on); this old behaviour goes away in nbckpt 0.2. Pass map_location='cpu' to "
+        f"keep comparing on the host, or map_location=None.", DeprecationWarning, stacklevel=3)
+    return tuple(archive.remapped("cpu") if any(archive is o for o in opened) else archive
+                 for archive in (a, b))  # type: ignore[return-value]
+
+
+def _diff_archives(a: Archive, b: Archive, progress: bool | None = None) -> DiffReport:
     report = DiffReport(a.source, b.source)
     # Records are matched by their path (the exact keys), never by the dotted
     # name alone: {"a.b": x} and {"a": {"b": y}} both flatten to "a.b".
@@ -235,7 +281,7 @@ def path_name(path: tuple) -> str:
         >>> path_name(("a.b",)), path_name(("a", "b")), path_name(("layers", 0))
         ("['a.b']", "['a']['b']", "['layers'][0]")
     """
-    return "".join(f"[{key!r}]" for key in path)
+    return exact_name(path)  # one spelling for nbckpt.open's listing and the diff
 
 
 def _display_names(*listings: list[Record]) -> dict[tuple, str]:

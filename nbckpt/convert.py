@@ -1,9 +1,13 @@
-"""Convert checkpoints between torch files, safetensors and NumPy ``.npz``: :func:`convert`.
+"""Convert checkpoints between torch files, DCP folders, safetensors and NumPy ``.npz``: :func:`convert`.
 
-The formats are chosen by the file extensions:
+The target's format is ``format=`` (the values :func:`nbckpt.save` takes, plus
+``"safetensors"`` and ``"npz"``), or by default the one its extension names:
 
-- **torch** (``.pt``, ``.pth``, ``.ckpt``, ``.bin``): any structure nbckpt saves,
-  shared storages kept; ``legacy=True`` writes torch's pre-1.6 format.
+- **torch** (``.pt``, ``.pth``, ``.ckpt``, ``.bin``; ``format="zip"``, or
+  ``"legacy"`` for torch's pre-1.6 format): any structure nbckpt saves, shared
+  storages kept;
+- **dcp** (``format="dcp"`` only: a folder): a torch.distributed.checkpoint
+  folder, as ``nbckpt.save(..., format="dcp")`` writes it (a dict at the top);
 - **safetensors** (``.safetensors``, read and written with the ``safetensors``
   package): a flat map of names to arrays, no sharing, string metadata. bfloat16
   and the float8 family are kept (through ``ml_dtypes``); complex128, complex32
@@ -49,6 +53,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -65,7 +70,7 @@ from .formats.names import dotted_name
 from .io.sources import atomic_path, atomic_write, check_storage_options, is_url
 from .summary import format_bytes
 
-__all__ = ["convert", "ConversionReport", "format_of", "FORMATS", "METADATA_KEY"]
+__all__ = ["convert", "ConversionReport", "format_of", "target_format", "FORMATS", "TARGETS", "METADATA_KEY"]
 
 #: File extension -> format.
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "torch", ".bin": "torch", ".safetensors": "safetensors",
@@ -162,51 +167,125 @@ def format_of(f: Any) -> str:
                      f"use one of {known}")
 
 
-def convert(src: Any, dst: Any, *, lossy: bool = False, legacy: bool = False, weights_only: bool = True,
-            storage_options: dict | None = None, progress: bool | None = None) -> ConversionReport:
-    """Convert the checkpoint ``src`` (any format nbckpt reads, told by its first bytes) to ``dst``
-    (format by its extension, see the module doc).
+#: ``format=`` values :func:`convert` takes (those of :func:`nbckpt.save`, then the flat formats) -> family.
+TARGETS = {"zip": "torch", "legacy": "torch", "dcp": "dcp", "safetensors": "safetensors", "npz": "npz"}
+
+
+def target_format(dst: Any, format: str | None = None) -> str:
+    """The ``format=`` :func:`convert` writes ``dst`` in: ``format`` checked against the extension
+    of ``dst``, or told by that extension (``"zip"`` for torch files) when ``format`` is None.
+
+        >>> target_format("m.pt"), target_format("m.pt", "legacy"), target_format("ckpt", "dcp")
+        ('zip', 'legacy', 'dcp')
+    """
+    if format is None:
+        try:
+            family = format_of(dst)
+        except ValueError as err:
+            raise ValueError(f"{err}; or pass format= (--format): {', '.join(map(repr, TARGETS))}") from None
+        return "zip" if family == "torch" else family
+    if format not in TARGETS:
+        raise ValueError(f"format must be one of {', '.join(map(repr, TARGETS))} ('zip' and 'legacy' are "
+                         f"torch files, as in nbckpt.save; 'dcp' a torch.distributed.checkpoint folder), "
+                         f"got {format!r}")
+    try:
+        named = format_of(dst)
+    except ValueError:  # no extension nbckpt knows: format= decides
+        return format
+    if named != TARGETS[format]:
+        raise ValueError(f"format={format!r} writes {_WRITES[format]}, but the target {os.fsdecode(dst)} has "
+                         f"the extension of {_FAMILY_NAMES[named]}: rename the target, or leave out format= "
+                         f"(--format) to write what its extension says")
+    return format
+
+
+_FAMILY_NAMES = {"torch": "a torch file", "safetensors": "a safetensors file", "npz": "an npz file"}
+_WRITES = {"zip": "a torch file", "legacy": "a torch file in torch's pre-1.6 format",
+           "dcp": "a torch.distributed.checkpoint folder", "safetensors": "a safetensors file", "npz": "an npz file"}
+
+
+def convert(src: Any, dst: Any, *, format: str | None = None, lossy: bool = False,
+            weights_only: bool = True, storage_options: dict | None = None, progress: bool | None = None,
+            legacy: bool | None = None) -> ConversionReport:
+    """Convert the checkpoint ``src`` (any format nbckpt reads, told by its first bytes) to ``dst``.
+
+    ``format`` is what to write, as in :func:`nbckpt.save`: ``"zip"`` (torch's
+    format since 1.6), ``"legacy"`` (torch's pre-1.6 format), ``"dcp"`` (a
+    torch.distributed.checkpoint folder), or one of the flat formats
+    ``"safetensors"`` and ``"npz"``. ``None`` (the default) takes it from the
+    extension of ``dst`` (see the module doc); a ``format`` that the extension
+    contradicts (``format="npz"`` for ``model.pt``) raises ValueError.
 
     ``src`` and ``dst`` are paths or URLs (``storage_options`` go to fsspec for
     URLs). The conversion is checked before anything is written: if it would
     lose something, :class:`nbckpt.LossyConversionError` says what, unless
     ``lossy=True``. ``dst`` is written atomically (or uploaded whole).
-    ``legacy=True`` writes a torch target in torch's pre-1.6 format;
-    ``weights_only=False`` loads a torch source with the full unpickler (trusted
-    files only). Returns a :class:`ConversionReport`.
+    ``weights_only=False`` loads a torch source with the full unpickler
+    (trusted files only). ``progress`` shows progress bars (``None``: only for
+    large files). ``legacy=True`` is the deprecated spelling of
+    ``format="legacy"``. Returns a :class:`ConversionReport`.
+
+        >>> import os, tempfile, numpy as np, nbckpt
+        >>> folder = tempfile.mkdtemp()
+        >>> nbckpt.save({"w": np.ones(2)}, os.path.join(folder, "a.pt"))
+        >>> nbckpt.convert(os.path.join(folder, "a.pt"), os.path.join(folder, "old.pt"), format="legacy").written
+        True
     """
-    target_format = format_of(dst)
+    if legacy is not None:
+        format = _deprecated_legacy(legacy, format, dst)
+    fmt = target_format(dst, format)
     if storage_options is not None and not (is_url(src) or is_url(dst)):
         check_storage_options(src, storage_options)  # raises: neither is a URL
     source_format = _source_format(src, storage_options if is_url(src) else None)
-    if legacy and target_format != "torch":
-        raise ValueError(f"legacy=True writes torch's pre-1.6 format; the target {dst} is {target_format}")
     src_options = storage_options if is_url(src) else None
     dst_options = storage_options if is_url(dst) else None
-    report = ConversionReport(os.fsdecode(src), os.fsdecode(dst), source_format, target_format)
+    report = ConversionReport(os.fsdecode(src), os.fsdecode(dst), source_format, TARGETS[fmt])
     with typed_errors(f"converting {report.source}"):
-        return _convert(src, dst, report, lossy=lossy, legacy=legacy, weights_only=weights_only,
+        return _convert(src, dst, report, fmt, lossy=lossy, weights_only=weights_only,
                         progress=progress, src_options=src_options, dst_options=dst_options)
 
 
-def _convert(src: Any, dst: Any, report: ConversionReport, *, lossy: bool, legacy: bool, weights_only: bool,
+def _deprecated_legacy(legacy: Any, format: str | None, dst: Any) -> str | None:
+    """``format`` for a call that passed the deprecated ``legacy=`` (with the warning)."""
+    new = "format='legacy'" if legacy else "format='zip' (or leave format out)"
+    warnings.warn(f"nbckpt.convert(legacy={legacy!r}) is deprecated: pass {new}, as nbckpt.save takes it",
+                  DeprecationWarning, stacklevel=3)
+    if not legacy:
+        return format
+    if format not in (None, "legacy"):
+        raise ValueError(f"legacy=True asks for format='legacy', but format={format!r} was passed: pass only "
+                         f"format='legacy'")
+    try:
+        named = format_of(dst)
+    except ValueError:
+        named = "torch"
+    if named != "torch":
+        raise ValueError(f"legacy=True writes torch's pre-1.6 format; the target {os.fsdecode(dst)} is {named}")
+    return "legacy"
+
+
+def _convert(src: Any, dst: Any, report: ConversionReport, fmt: str, *, lossy: bool, weights_only: bool,
              progress: bool | None, src_options: dict | None, dst_options: dict | None) -> ConversionReport:
-    target_format = report.target_format
+    family = report.target_format  # torch, dcp, safetensors or npz
     tree, metadata = _read(src, report.source_format, weights_only=weights_only, progress=progress,
                            options=src_options)
     foreign = {k: v for k, v in metadata.items() if k not in _DESCRIPTIVE_METADATA}
-    if foreign and target_format != "safetensors":
-        report.lost.append(f"safetensors metadata: {_names(list(foreign))} (a {target_format} file has no "
+    if foreign and family != "safetensors":
+        report.lost.append(f"safetensors metadata: {_names(list(foreign))} (a {family} file has no "
                            f"place for it)")
-    if target_format == "torch":
+    if family == "dcp" and not isinstance(tree, dict):
+        raise FormatError(f"{report.source} holds a {type(tree).__name__}; format='dcp' writes a state dict (a "
+                          f"dict at the top, as torch.distributed.checkpoint does): convert it to a torch file "
+                          f"(format='zip') instead")
+    if family in ("torch", "dcp"):
         arrays = _arrays_in(tree)
         report.arrays, report.array_bytes = len(arrays), sum(a.nbytes for a in arrays)
         _refuse_if_lossy(report, lossy)
-        save(tree, dst, format="legacy" if legacy else "zip", progress=progress, storage_options=dst_options)
+        save(tree, dst, format=fmt, progress=progress, storage_options=dst_options)
     else:
-        flat = _flatten(tree, target_format, report)
+        flat = _flatten(tree, family, report)
         _refuse_if_lossy(report, lossy)
-        if target_format == "safetensors":
+        if family == "safetensors":
             _write_safetensors(dst, flat.arrays, {**metadata, **flat.metadata}, dst_options)
         else:
             _write_npz(dst, flat.arrays, dst_options)

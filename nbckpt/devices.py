@@ -25,14 +25,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import DeviceError
+from .text import safe_repr
 
-__all__ = ["DeviceMap", "parse_tag", "devices", "canonical_tag", "parse_map_text", "MAP_TEXT_CHOICES"]
+__all__ = ["DeviceMap", "parse_tag", "check_saved_tag", "devices", "canonical_tag", "parse_map_text", "MAP_TEXT_CHOICES"]
 
 #: What :func:`parse_map_text` accepts, for help and error messages.
 MAP_TEXT_CHOICES = ("cpu, cuda, cuda:N, auto (the saved device when usable, else cpu), or SOURCE=TARGET pairs "
                     "such as cuda:1=cuda:0,cuda:0=cpu")
 
-_TAG = re.compile(r"^(cpu|cuda|meta)(?::(\d+))?$")
+# ASCII digits only (``\d`` also matches other scripts' digits), and few of them: int() of
+# more than 4300 digits raises ValueError, and no machine has 10**9 GPUs.
+_TAG = re.compile(r"(cpu|cuda|meta)(?::([0-9]{1,9}))?")
+#: What torch writes as a storage's location: a backend name and an optional index
+#: (``cuda:1``, ``xla:0``, ``privateuseone:0``). Anything else is not a device.
+_SAVED_TAG = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?::[0-9]{1,9})?")
 
 
 def parse_tag(tag: str) -> tuple[str, int | None]:
@@ -41,15 +47,38 @@ def parse_tag(tag: str) -> tuple[str, int | None]:
         >>> parse_tag("cuda:1"), parse_tag("cpu")
         (('cuda', 1), ('cpu', None))
     """
-    match = _TAG.match(tag.strip()) if isinstance(tag, str) else None
+    match = _TAG.fullmatch(tag.strip()) if isinstance(tag, str) else None
     if match is None:
+        shown = safe_repr(tag, 80)  # a tag from a file may be 5000 digits long or hold ESC
         raise DeviceError(
-            f"nbckpt cannot place arrays on {tag!r}: it loads to 'cpu' (NumPy) and 'cuda' "
+            f"nbckpt cannot place arrays on {shown}: it loads to 'cpu' (NumPy) and 'cuda' "
             f"or 'cuda:N' (CuPy). Pass map_location='cpu' to load everything to the host.",
-            location=str(tag),
+            location=tag[:100] if isinstance(tag, str) else shown,
         )
     kind, index = match.group(1), match.group(2)
     return kind, int(index) if index is not None else None
+
+
+def check_saved_tag(location: str) -> None:
+    """DeviceError unless ``location`` (a storage's saved location) is a device tag as torch writes it.
+
+    The listing, ``verify`` and ``open`` check every location here, so a file whose
+    location no device can have (``"cuda:"`` and 5000 digits, control characters) is
+    refused before an array of it is read, whatever ``map_location`` is. Tags of
+    other backends (``xla:0``, ``mps``) pass: ``map_location`` may send them to the host.
+
+        >>> check_saved_tag("xla:0")
+        >>> try:
+        ...     check_saved_tag("cuda:" + "9" * 5000)
+        ... except DeviceError as err:
+        ...     print(str(err)[:30])
+        a storage is saved on 'cuda:99
+    """
+    if type(location) is not str or _SAVED_TAG.fullmatch(location) is None:
+        shown = safe_repr(location, 80)
+        raise DeviceError(
+            f"a storage is saved on {shown}, which is not a device tag (a backend name and an index of "
+            f"at most 9 digits): the file is corrupt or forged", location=location[:100] if type(location) is str else shown)
 
 
 def canonical_tag(tag: str) -> str:

@@ -34,7 +34,7 @@ from .format import spec
 from .format.container import ZipReader, readinto_exact
 from .format.crc import crc32
 
-__all__ = ["Materializer", "StorageMaterializer", "read_ref", "read_flat", "ZipMaterializer", "ZipSource", "RangeSource", "swap_bytes",
+__all__ = ["Materializer", "StorageMaterializer", "read_ref", "view_of_ref", "read_flat", "ZipMaterializer", "ZipSource", "RangeSource", "swap_bytes",
            "swap_unit", "swap_to_native", "check_mapped_storage"]
 
 
@@ -52,6 +52,12 @@ class Materializer(Protocol):
     def storage_view(self, root: Any, dtype: torch_dtypes.TorchDtype, offset: int, size: int) -> Any:
         """A slice of ``size`` elements of ``root`` from element ``offset`` (legacy files)."""
         ...
+
+    # Optional, both: ``storages(requests)``, what ``[storage(*r) for r in requests]`` gives
+    # for a list of ``(key, dtype, numel, location, untyped)``, and ``views(requests)``,
+    # what ``[view(*r) for r in requests]`` gives, with the same checks and the same first
+    # error, made in one go. Rebuilder.rebuild_many (flat dicts of tensors) asks for them
+    # where the materializer has them, and calls storage()/view() one by one otherwise.
 
     def view(self, storage: Any, dtype: np.dtype, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...]) -> Any:
@@ -135,10 +141,22 @@ class ZipSource:
 
     def size(self, key: str) -> int:
         """The record's size in bytes (FormatError when it is missing)."""
-        return self._reader.entry("data/" + key).size
+        return self._reader.size("data/" + key)
 
     def can_map(self, key: str) -> bool:
         return self._mapped is not None and self._reader.entry(f"data/{key}").method == spec.METHOD_STORED
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether :meth:`host_bytes_many` may read records in blocks (our own file, not mapped)."""
+        return self._read_ahead and self._mapped is None and not self._skip_data
+
+    def host_bytes_many(self, keys: list[str], sizes: list[int]) -> list[np.ndarray]:
+        """Each storage's bytes in a fresh host buffer, small records read in blocks (see
+        :meth:`ZipReader.read_records`); only when :attr:`reads_ahead`. ValueError unless
+        every record exists and holds ``sizes`` bytes."""
+        return self._reader.read_records(["data/" + key for key in keys], verify=self._verify, sizes=sizes,
+                                         on_read=self._on_read)
 
     def host_bytes(self, key: str, nbytes: int, backend: Any, *, mapped_ok: bool) -> np.ndarray:
         """The record's bytes in host memory: mapped in place, or read into a fresh buffer."""
@@ -208,6 +226,50 @@ class StorageMaterializer:
             self._pending_swap[id(storage)] = storage
         return storage
 
+    def storages(self, requests: list[tuple]) -> list[Any]:
+        """``[self.storage(*request) for request in requests]``, in one go where it can.
+
+        Host storages of a zip checkpoint read through nbckpt's own file handle
+        are checked first (sizes, placements), then read together
+        (:meth:`ZipSource.host_bytes_many`: small records in blocks). Anything
+        else, and any problem, goes through :meth:`storage` one request at a
+        time, which reports the first problem.
+        """
+        source = self._source
+        if (type(source) is not ZipSource or not source.reads_ahead or self._swap
+                or self._device_map.mode == "callable" or type(self).storage is not StorageMaterializer.storage):
+            return [self.storage(*request) for request in requests]
+        try:
+            placed: dict[str, Any] = {}
+            for _, _, _, location, untyped in requests:
+                if untyped:
+                    raise ValueError("an untyped storage")
+                if location not in placed:
+                    placed[location] = self.backend_for_location(location)
+            if any(backend is not HOST for backend in placed.values()):
+                raise ValueError("a storage placed on a device")
+            hosts = source.host_bytes_many([key for key, _, _, _, _ in requests],
+                                           [numel * dtype.itemsize for _, dtype, numel, _, _ in requests])
+        except Exception:  # noqa: BLE001 - the one-by-one path reports it
+            return [self.storage(*request) for request in requests]
+        backends = self._backends
+        storages = []
+        for host, (_, dtype, _, _, _) in zip(hosts, requests):
+            storage = host.view(dtype.numpy)
+            backends[id(storage)] = HOST
+            storages.append(storage)
+        return storages
+
+    def views(self, requests: list[tuple]) -> list[Any]:
+        """``[self.view(*request) for request in requests]``: straight to NumPy when every storage
+        this materializer made is a host one (no GPU placement, no ``map_location`` function,
+        no byte swap pending)."""
+        if (self._pending_swap or self._device_map.mode == "callable"
+                or any(backend is not HOST for backend in self._placements.values())):
+            return [self.view(*request) for request in requests]
+        view = HOST.view
+        return [view(*request) for request in requests]
+
     def view(self, storage: Any, dtype: np.dtype, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...]) -> Any:
         if self._pending_swap and id(storage) in self._pending_swap:
@@ -258,6 +320,11 @@ class StorageMaterializer:
     def backend_of(self, storage: Any) -> Any:
         """The backend holding a storage this materializer made."""
         return self._backends[id(storage)]
+
+    def adopt(self, storage: Any, backend: Any) -> None:
+        """Let arrays be made over ``storage``, held by ``backend``: a storage this materializer
+        made before, rebuilt from its memory (see :class:`nbckpt.Archive`'s cache)."""
+        self._backends[id(storage)] = backend
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -314,8 +381,6 @@ def read_ref(ref: Any, materializer: Any, storages: dict[str, Any]) -> Any:
     read through the same dict share memory, as they did in the file. A
     ``MetaArray`` is returned as it is.
     """
-    from .pickling.rebuild import transform_covered
-
     if isinstance(ref, MetaArray):
         return ref
     sref = ref.storage
@@ -323,6 +388,18 @@ def read_ref(ref: Any, materializer: Any, storages: dict[str, Any]) -> Any:
     if storage is None:
         storage = storages[sref.key] = materializer.storage(sref.key, sref.dtype, sref.numel, sref.location,
                                                             sref.untyped)
+    return view_of_ref(ref, storage, materializer)
+
+
+def view_of_ref(ref: ArrayRef, storage: Any, materializer: Any) -> Any:
+    """The array ``ref`` describes, over ``storage`` (made or adopted by ``materializer``).
+
+    The one place an :class:`~nbckpt.formats.base.ArrayRef` becomes an array: a
+    view (the materializer's, which may byte-swap an untyped storage at its
+    first view) or an empty array, then torch's conj/neg bits applied.
+    """
+    from .pickling.rebuild import transform_covered
+
     if ref.strides is None:
         array = materializer.empty(storage, ref.dtype, ref.shape)
     else:

@@ -23,7 +23,7 @@ Three things go wrong when they are printed as they are:
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterable, Iterator, TextIO
 
 __all__ = ["escape", "safe_repr", "EscapingWriter"]
 
@@ -131,6 +131,10 @@ class EscapingWriter:
     """A text stream that escapes control characters (not newlines) on the way to ``stream``.
 
     The CLI writes through one, so nothing it prints can drive the terminal.
+    Newlines are kept (messages have lines of their own), so each of ``names`` (the
+    command line's arguments: file names may hold a newline or a CR) is escaped
+    whole, newlines included, wherever it appears in what is written: a file named
+    ``"a\\nOK b.pt"`` cannot forge a line of output, in an error message either.
 
         >>> import io
         >>> out = io.StringIO()
@@ -138,13 +142,23 @@ class EscapingWriter:
         4
         >>> out.getvalue()
         'a\\\\x07b\\n'
+        >>> out = io.StringIO()
+        >>> _ = EscapingWriter(out, names=["x\\nOK y.pt"]).write("error: no such file: x\\nOK y.pt\\n")
+        >>> out.getvalue()
+        'error: no such file: x\\\\nOK y.pt\\n'
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, names: Iterable[str] = ()) -> None:
         self._stream = stream
+        # Longest first, so that a name containing another is replaced whole.
+        self._names = sorted({n for n in names if isinstance(n, str) and n != escape(n)}, key=len, reverse=True)
 
     def write(self, text: str) -> int:
-        self._stream.write(escape(text, newlines=False))
+        shown = text
+        for name in self._names:
+            if name in shown:
+                shown = shown.replace(name, escape(name))
+        self._stream.write(escape(shown, newlines=False))
         return len(text)
 
     def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding...

@@ -30,6 +30,7 @@ from typing import Any
 
 from .errors import CheckpointError
 from .io.sources import open_source
+from .text import escape
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -64,7 +65,10 @@ class VerifyReport:
     def __str__(self) -> str:
         head = f"{self.source}: {self.format} checkpoint, {self.records_checked} records checked, "
         head += "no problems" if self.ok else f"{len(self.problems)} problem(s)"
-        lines = [head] + [f"  problem: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes]
+        # One line each: a problem's text may quote names from the file (a shard, a record),
+        # whose newlines must not start lines of their own.
+        lines = ([escape(head)] + [f"  problem: {escape(str(p))}" for p in self.problems]
+                 + [f"  note: {escape(n)}" for n in self.notes])
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -92,7 +96,18 @@ def verify(f: Any, *, storage_options: dict | None = None, progress: bool | None
         # A zip's CRCs are checked even when its records cannot be opened as a checkpoint.
         report.format = "zip"
         with open_source(f, storage_options) as (stream, _path):
+            start = stream.tell()
             verify_zip(stream, report, progress)
+            if report.ok:
+                after = stream.tell()
+                stream.seek(start)
+                try:
+                    zip_reader = open_reader(stream)
+                    _placement_notes(zip_reader, report)
+                    zip_reader.close()
+                except CheckpointError:
+                    pass
+                stream.seek(after)
         return report
     try:
         reader = open_reader(f, storage_options=storage_options)
@@ -102,9 +117,48 @@ def verify(f: Any, *, storage_options: dict | None = None, progress: bool | None
     try:
         report.format = REPORT_FORMATS.get(reader.format, reader.format)
         reader.verify(report, progress)
+        if report.ok:
+            _placement_notes(reader, report)
     finally:
         reader.close()
     return report
+
+
+def _placement_notes(reader: Any, report: VerifyReport) -> None:
+    """A note for each location a default ``load`` cannot place here (``xla:0``; ``cuda`` without a GPU).
+
+    The file is fine (verify checks the file, and its answer must not change with the
+    machine), but ``load`` with the default ``map_location`` would refuse it here: an
+    OK that says nothing of it would read as "load succeeds".
+    """
+    from .backends import backend_for
+    from .devices import canonical_tag
+    from .formats.base import ArrayRef
+
+    try:
+        refs = [ref for ref in _leaves(reader.tree()) if isinstance(ref, ArrayRef)]
+    except CheckpointError:
+        return
+    for location in sorted({ref.storage.location for ref in refs} - {"cpu", "meta", "missing"}):
+        try:
+            backend_for(canonical_tag(location), saved_as=location)
+        except CheckpointError as err:
+            report.notes.append(f"the file is sound, but a load with the default map_location would fail "
+                                f"here: {err}")
+
+
+def _leaves(tree: Any) -> list:
+    """The leaves of ``tree``'s dicts, lists and tuples (each container once)."""
+    leaves, stack, seen = [], [tree], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) not in seen:
+                seen.add(id(item))
+                stack.extend(dict.values(item) if isinstance(item, dict) else item)
+        else:
+            leaves.append(item)
+    return leaves
 
 
 #: How reports name the formats whose reader names are short.

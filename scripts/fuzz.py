@@ -6,11 +6,16 @@
     python scripts/fuzz.py --replay fuzz-findings/<file>.bin
 
 Valid small checkpoints (one written by torch, one by nbckpt, one legacy stream,
-one legacy tar, one with views and shared storage, one with sparse arrays) are
-mutated: bit flips, byte substitutions, truncation, record swaps/duplication
-inside the zip, and pickle opcode substitutions inside data.pkl (the zip is
-rebuilt around the mutated pickle with ``ZipWriter`` so that the mutation
-reaches the unpickler). Every input goes through ``nbckpt.load``, ``nbckpt.open``,
+one legacy tar, one with views and shared storage, one with sparse arrays, a
+safetensors file with bf16 and f8, an ``.npz``) are mutated: bit flips, byte
+substitutions, truncation, record swaps/duplication inside the zip (or the
+npz), pickle opcode substitutions inside data.pkl (the zip is rebuilt around
+the mutated pickle with ``ZipWriter`` so that the mutation reaches the
+unpickler), and changes inside JSON (a safetensors header's dtypes, shapes and
+offsets, its length). Checkpoint folders (:func:`build_folder_bases`: sharded
+safetensors and torch shards behind an index JSON, a DCP folder) are mutated
+one file at a time (the index or ``.metadata`` most often), or lose, rename or
+swap a file; they are checked through their path. Every input goes through ``nbckpt.load``, ``nbckpt.open``,
 ``nbckpt.scan``, ``nbckpt.verify``, ``nbckpt.diff``, ``nbckpt.convert`` and every
 command of the ``nbckpt`` CLI (:data:`ALL_ENTRIES`; the test suite runs the tools
 on fewer inputs). The only acceptable outcomes are a value or an nbckpt
@@ -119,6 +124,71 @@ def build_bases() -> dict[str, bytes]:
         dense = np.array([[0, 1.5, 0, 0], [0, 0, 0, 2], [3, 0, 0, 0]], np.float32)
         bases["sparse"] = saved({"csr": sparse.csr_array(dense), "coo": sparse.coo_array(dense),
                                  "csc": sparse.csc_array(dense)})
+    try:
+        import safetensors.numpy
+    except ImportError:
+        pass
+    else:  # the header (JSON: dtypes, shapes, offsets) is what gets mutated most
+        bases["safetensors"] = safetensors.numpy.save(_flat_arrays(), metadata={"format": "np", "step": "3"})
+    npz = io.BytesIO()
+    np.savez(npz, **{k: v for k, v in _flat_arrays().items() if v.dtype.num < 256})  # NumPy dtypes only
+    bases["npz"] = npz.getvalue()
+    return bases
+
+
+def _flat_arrays() -> dict[str, Any]:
+    """A few small arrays of the dtypes the flat formats hold (bf16 and f8 through ml_dtypes)."""
+    import ml_dtypes
+    import numpy as np
+
+    return {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.array([7, -1], np.int64),
+            "bf": np.array([1.5, -2.0, 0.25], ml_dtypes.bfloat16), "f8": np.array([0.5, 3.0], ml_dtypes.float8_e4m3fn),
+            "b": np.array([True, False])}
+
+
+def build_folder_bases() -> dict[str, dict[str, bytes]]:
+    """The valid checkpoint folders that get mutated, by name: ``{relative path: bytes}`` each.
+
+    ``sharded``: an index JSON and two safetensors shards (safetensors.numpy, bf16 and f8 included);
+    ``sharded_bin``: an index JSON and two torch shards; ``dcp``: a torch.distributed.checkpoint folder
+    (``.metadata``, a data file of chunk streams, a non-tensor entry).
+    """
+    import json
+    import tempfile
+
+    import numpy as np
+
+    import nbckpt
+
+    bases: dict[str, dict[str, bytes]] = {}
+    arrays = _flat_arrays()
+    names = sorted(arrays)
+    halves = {"model-00001-of-00002": names[: len(names) // 2], "model-00002-of-00002": names[len(names) // 2:]}
+    try:
+        import safetensors.numpy
+    except ImportError:
+        pass
+    else:
+        files = {f"{shard}.safetensors": safetensors.numpy.save({n: arrays[n] for n in part})
+                 for shard, part in halves.items()}
+        index = {"metadata": {"total_size": sum(a.nbytes for a in arrays.values())},
+                 "weight_map": {n: f"{shard}.safetensors" for shard, part in halves.items() for n in part}}
+        files["model.safetensors.index.json"] = json.dumps(index, indent=2).encode()
+        bases["sharded"] = files
+    files = {}
+    for shard, part in halves.items():
+        buf = io.BytesIO()
+        nbckpt.save({n: arrays[n] for n in part}, buf)
+        files[f"pytorch_{shard}.bin"] = buf.getvalue()
+    index = {"metadata": {}, "weight_map": {n: f"pytorch_{shard}.bin" for shard, part in halves.items()
+                                            for n in part}}
+    files["pytorch_model.bin.index.json"] = json.dumps(index).encode()
+    bases["sharded_bin"] = files
+    with tempfile.TemporaryDirectory(prefix="nbckpt-fuzz-base-") as tmp:
+        folder = os.path.join(tmp, "dcp")
+        nbckpt.save({"model": {"w": np.arange(6.0).reshape(2, 3), "b": np.ones(2, np.float16)}, "step": 3,
+                     "cfg": {"lr": 0.5}}, folder, format="dcp", durable=False)
+        bases["dcp"] = {name: Path(folder, name).read_bytes() for name in sorted(os.listdir(folder))}
     return bases
 
 
@@ -184,8 +254,58 @@ def _zip_records(data: bytes) -> tuple[str, list[tuple[str, bytes]]] | None:
     try:
         reader = ZipReader(io.BytesIO(data))
         return reader.prefix, [(name, reader.read(name)) for name in reader.names()]
-    except Exception:  # not a zip base
+    except Exception:  # not a torch zip base
         return None
+
+
+def _npz_records(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The records of an npz (a plain zip, records in no folder), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return [(info.filename, archive.read(info)) for info in archive.infolist()]
+    except Exception:
+        return None
+
+
+def _npz_write(recs: list[tuple[str, bytes]]) -> bytes:
+    import warnings
+    import zipfile
+
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about duplicate names: they are the point
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, content in recs:
+                archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content)
+    return out.getvalue()
+
+
+def npz_records(data: bytes, d: Draw) -> bytes:
+    """Swap, duplicate, drop or rename the .npy records of an npz, or mutate one's header or data."""
+    recs = _npz_records(data)
+    if not recs:
+        return bitflip(data, d)
+    for _ in range(d.int(1, 3)):
+        i, j = d.int(0, len(recs) - 1), d.int(0, len(recs) - 1)
+        op = d.int(0, 5)
+        if op == 0:
+            recs[i], recs[j] = recs[j], recs[i]
+        elif op == 1:
+            recs.insert(j, recs[i])
+        elif op == 2 and len(recs) > 1:
+            del recs[i]
+        elif op == 3:
+            (ni, ci), (nj, cj) = recs[i], recs[j]
+            recs[i], recs[j] = (ni, cj), (nj, ci)
+        elif op == 4:
+            recs[i] = (d.choice(("../x.npy", "/abs.npy", "a/b.npy", "x", "", "w.npy", "x" * 300 + ".npy")),
+                       recs[i][1])
+        else:  # the .npy header's dict (dtype, shape, order) or its data
+            name, content = recs[i]
+            recs[i] = (name, bytesub(content, d) if content else content)
+    return _npz_write(recs)
 
 
 def _zip_write(prefix: str, records: list[tuple[str, bytes]], *, close: bool = True) -> bytes:
@@ -210,7 +330,7 @@ def records(data: bytes, d: Draw) -> bytes:
     """Swap, duplicate, drop, rename or exchange the contents of zip records (rebuilt with ZipWriter)."""
     parsed = _zip_records(data)
     if parsed is None:
-        return bitflip(data, d)
+        return npz_records(data, d) if data[:4] == b"PK\x03\x04" else bitflip(data, d)
     prefix, recs = parsed
     # version and serialization_id are added back by ZipWriter.close (unless injected again below)
     recs = [r for r in recs if r[0] not in ("version", ".data/serialization_id")]
@@ -326,6 +446,57 @@ def pickle_ops(data: bytes, d: Draw) -> bytes:
     return bytesub(data, d)
 
 
+#: JSON values a header or index mutation puts in place of another.
+INTERESTING_JSON = (None, True, 0, -1, 1, 2**31, 2**63, 2**64 + 7, -(2**63), 1.5, "", "F32", "BF16", "F8_E4M3",
+                    "I64", "U8", "BOOL", "C64", "F4", "../escape.safetensors", "/etc/passwd", "missing.safetensors",
+                    "model-00001-of-00002.safetensors", "pytorch_model-00001-of-00002.bin", ".", "..",
+                    [], [0], [0, 0], [2, 3], [-1, 2], [2**40, 2**40], [0, 2**62], {}, {"a": 1}, "x" * 300)
+
+
+def _mutate_json(value: Any, d: Draw) -> Any:
+    """One change somewhere inside a JSON value: replace, drop or add an item."""
+    if isinstance(value, dict) and value and not d.chance(6):
+        key = d.choice(sorted(value, key=str))
+        op = d.int(0, 5)
+        if op == 0:
+            del value[key]
+        elif op == 1:
+            value[d.choice(("__metadata__", "weight_map", "metadata", "dtype", "shape", "data_offsets",
+                            "w", "x", "total_size"))] = d.choice(INTERESTING_JSON)
+        else:
+            value[key] = _mutate_json(value[key], d)
+        return value
+    if isinstance(value, list) and value and not d.chance(6):
+        k = d.int(0, len(value) - 1)
+        if d.chance(4):
+            del value[k]
+        else:
+            value[k] = _mutate_json(value[k], d)
+        return value
+    return d.choice(INTERESTING_JSON)
+
+
+def json_doc(data: bytes, d: Draw) -> bytes:
+    """A mutated JSON document: a safetensors header (sizes, offsets, dtypes) or a sharded index."""
+    import json
+
+    if data[8:9] == b"{" and len(data) >= 8:  # safetensors: 8-byte length, JSON header, data
+        size = int.from_bytes(data[:8], "little")
+        try:
+            header = json.loads(data[8:8 + size])
+        except ValueError:
+            return bytesub(data, d)
+        body = json.dumps(_mutate_json(header, d)).encode()
+        if d.chance(3):  # keep the old length: a header that lies about its own size
+            return data[:8] + body + data[8 + size:]
+        return len(body).to_bytes(8, "little") + body + data[8 + size:]
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return bytesub(data, d)
+    return json.dumps(_mutate_json(doc, d)).encode()
+
+
 MUTATORS: dict[str, Callable[[bytes, Draw], bytes]] = {
     "bitflip": bitflip,
     "multi_bitflip": multi_bitflip,
@@ -333,7 +504,30 @@ MUTATORS: dict[str, Callable[[bytes, Draw], bytes]] = {
     "truncate": truncate,
     "records": records,
     "pickle_ops": pickle_ops,
+    "json_doc": json_doc,
 }
+
+
+def mutate_folder(files: dict[str, bytes], d: Draw) -> dict[str, bytes]:
+    """A checkpoint folder with one file mutated (the index or ``.metadata`` most often), or a file
+    dropped, renamed or copied over another."""
+    files = dict(files)
+    names = sorted(files)
+    meta = [n for n in names if n.endswith(".json") or n == ".metadata"]
+    op = d.int(0, 9)
+    if op == 0 and len(names) > 1:  # a shard or data file missing
+        del files[d.choice(names)]
+    elif op == 1:  # a file under another name (or outside the folder's own names)
+        name = d.choice(names)
+        files[d.choice(("renamed.safetensors", "x.bin", "__1_0.distcp", "sub/" + name))] = files.pop(name)
+    elif op == 2:  # one file's bytes in place of another's
+        files[d.choice(names)] = files[d.choice(names)]
+    else:
+        name = d.choice(meta) if meta and d.chance(2) else d.choice(names)
+        mutator = "json_doc" if name.endswith(".json") or d.chance(3) else d.choice(sorted(MUTATORS))
+        data = files[name]
+        files[name] = MUTATORS[mutator](data, d) if data else data
+    return files
 
 # ---------------------------------------------------------------------------------------
 # The oracle
@@ -384,20 +578,29 @@ def _on_alarm(signum, frame):
 ALL_ENTRIES = ("load", "open", "scan", "verify", "diff", "convert", "cli")
 
 
-def _run_tools(entry: str, data: bytes) -> Any:
-    """``diff`` (the input with itself), ``convert`` (to .npz, lossy) or every ``cli`` command, on ``data``."""
+def _write_folder(folder: str, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        path = os.path.join(folder, *name.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content)
+
+
+def _run_tools(entry: str, data: bytes | None, path: str) -> Any:
+    """``verify``, ``diff`` (the input with itself), ``convert`` (to .npz, lossy) or every ``cli``
+    command, on ``data`` (a file object) or on ``path`` (where it was written)."""
     import tempfile
 
     import nbckpt
 
+    def source() -> Any:
+        return io.BytesIO(data) if data is not None else path
+
     if entry == "verify":
-        return nbckpt.verify(io.BytesIO(data))
+        return nbckpt.verify(source())
     if entry == "diff":
-        return nbckpt.diff(io.BytesIO(data), io.BytesIO(data))
+        return nbckpt.diff(source(), source())
     with tempfile.TemporaryDirectory(prefix="nbckpt-fuzz-") as folder:
-        path = os.path.join(folder, "x.pt")
-        with open(path, "wb") as f:
-            f.write(data)
         if entry == "convert":
             return nbckpt.convert(path, os.path.join(folder, "x.npz"), lossy=True)
         from nbckpt import cli
@@ -425,29 +628,51 @@ def _run_tools(entry: str, data: bytes) -> Any:
         return None
 
 
-def check(data: bytes, *, timeout_s: int = 10, entries: tuple[str, ...] = ("load", "open", "scan")) -> list[Finding]:
-    """Run ``data`` through nbckpt's entry points (any of :data:`ALL_ENTRIES`); the unacceptable outcomes."""
+def check(data: bytes | dict[str, bytes], *, timeout_s: int = 10,
+          entries: tuple[str, ...] = ("load", "open", "scan")) -> list[Finding]:
+    """Run ``data`` through nbckpt's entry points (any of :data:`ALL_ENTRIES`); the unacceptable outcomes.
+
+    ``data`` is one file's bytes (given to the loaders as a file object), or a checkpoint
+    folder as ``{relative path: bytes}`` (written to a temporary folder, given as its path).
+    """
+    import tempfile
+
+    needs_path = isinstance(data, dict) or any(e in ("convert", "cli") for e in entries)
+    if not needs_path:  # file objects only: no temporary folder (most of the tests' inputs)
+        return _check(data, "", timeout_s, entries)
+    with tempfile.TemporaryDirectory(prefix="nbckpt-fuzz-input-") as tmp:
+        if isinstance(data, dict):
+            path = os.path.join(tmp, "checkpoint")
+            _write_folder(path, data)
+            return _check(None, path, timeout_s, entries)
+        path = os.path.join(tmp, "x.pt")
+        with open(path, "wb") as f:
+            f.write(data)
+        return _check(data, path, timeout_s, entries)
+
+
+def _check(data: bytes | None, path: str, timeout_s: int, entries: tuple[str, ...]) -> list[Finding]:
     import nbckpt
 
+    def source() -> Any:
+        return io.BytesIO(data) if data is not None else path
+
     findings = []
-    is_zip = data[:4] == b"PK\x03\x04"
     use_alarm = hasattr(signal, "SIGALRM") and _main_thread()
     for entry in entries:
-        if entry == "open" and not is_zip:
-            continue
         previous = signal.signal(signal.SIGALRM, _on_alarm) if use_alarm else None
         if use_alarm:
             signal.alarm(timeout_s)
         try:
             if entry == "load":
-                value = nbckpt.load(io.BytesIO(data))
-            elif entry == "open":
-                with nbckpt.open(io.BytesIO(data)) as archive:
+                value = nbckpt.load(source())
+            elif entry == "open":  # every format: list, then read each record
+                with nbckpt.open(source()) as archive:
                     value = [archive[r.path] for r in archive.records]
             elif entry == "scan":
-                value = nbckpt.scan(io.BytesIO(data))
+                value = nbckpt.scan(source())
             else:
-                value = _run_tools(entry, data)
+                value = _run_tools(entry, data, path)
             del value
         except nbckpt.CheckpointError:
             pass
@@ -493,25 +718,49 @@ def _main_thread() -> bool:
 # ---------------------------------------------------------------------------------------
 
 
+#: How a folder input starts when written to a file (``--replay`` reads it back).
+FOLDER_MAGIC = b"nbckpt-fuzz-folder\n"
+
+
+def encode_input(data: bytes | dict[str, bytes]) -> bytes:
+    """An input as one file's bytes: a file's own, or a folder as :data:`FOLDER_MAGIC` and JSON."""
+    if isinstance(data, dict):
+        return FOLDER_MAGIC + json.dumps({name: content.hex() for name, content in data.items()}).encode()
+    return data
+
+
+def decode_input(raw: bytes) -> bytes | dict[str, bytes]:
+    """What :func:`encode_input` wrote."""
+    if raw.startswith(FOLDER_MAGIC):
+        return {name: bytes.fromhex(content) for name, content in json.loads(raw[len(FOLDER_MAGIC):]).items()}
+    return raw
+
+
 def _worker(seed: int, count: int, out: Path, memory_mb: int, timeout_s: int) -> int:
     import resource
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-    bases = build_bases()
+    bases: dict[str, Any] = build_bases()
+    folders = build_folder_bases()
+    bases.update(folders)
     names = sorted(bases)
     current = out / f".current-{os.getpid()}"
     rng = random.Random(seed)
     for index in range(count):
         draw = RandomDraw(rng)
         base = draw.choice(names)
-        mutator = draw.choice(sorted(MUTATORS))
-        data = MUTATORS[mutator](bases[base], draw)
+        if base in folders:
+            mutator = "folder"
+            data = encode_input(mutate_folder(folders[base], draw))
+        else:
+            mutator = draw.choice(sorted(MUTATORS))
+            data = MUTATORS[mutator](bases[base], draw)
         current.write_bytes(data)
         current.with_suffix(".json").write_text(json.dumps({"base": base, "mutator": mutator, "seed": seed,
                                                             "index": index}))
         print(f"@@INPUT {index}", flush=True)  # keeps the parent's watchdog quiet
-        for finding in check(data, timeout_s=timeout_s, entries=ALL_ENTRIES):
+        for finding in check(decode_input(data), timeout_s=timeout_s, entries=ALL_ENTRIES):
             print("@@FINDING " + json.dumps({"base": base, "mutator": mutator, "seed": seed, "index": index,
                                              "kind": finding.kind, "entry": finding.entry,
                                              "type": finding.type, "message": finding.message,
@@ -618,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return _worker(args.seed, args.count, args.out, args.memory_mb, args.timeout)
     if args.replay is not None:
-        found = check(args.replay.read_bytes(), timeout_s=args.timeout)
+        found = check(decode_input(args.replay.read_bytes()), timeout_s=args.timeout)
         for f in found:
             print(f"{f.entry}: {f.type}: {f.message}\n{f.trace}")
         print("no finding" if not found else f"{len(found)} finding(s)")

@@ -1,7 +1,8 @@
 """The hostile corpus (tests/data/attacks): every file through every entry point, in subprocesses.
 
-Each file of ``tests/data/attacks`` (see its README.md and build.py) goes
-through ``nbckpt.load`` (default ``weights_only=True``; and ``mmap=True`` for
+Each file of ``tests/data/attacks`` (see its README.md and build.py: torch zip,
+legacy stream and tar files, safetensors files, and sharded indexes, each in a
+folder of its own with its shards) goes through ``nbckpt.load`` (default ``weights_only=True``; and ``mmap=True`` for
 zip files), ``nbckpt.open`` (listing, then reading every array),
 ``nbckpt.scan``, ``nbckpt.verify``, ``nbckpt.diff`` (the file with itself),
 ``nbckpt.convert`` (to .npz and .safetensors, ``lossy=True``), every command of
@@ -118,7 +119,8 @@ def _tools_run(entry: dict) -> bool:
 
 
 def _stem(file: str) -> str:
-    return file.rsplit(".", 1)[0]
+    """The case's name: the file's without its suffix, or the folder of a sharded case."""
+    return file.split("/", 1)[0] if "/" in file else file.rsplit(".", 1)[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,15 +135,6 @@ def _bug(files: list[str], modes: tuple[str, ...] | str, reason: str) -> None:
     for file in files:
         for mode in ((modes,) if isinstance(modes, str) else modes):
             KNOWN_BUGS[(file, mode)] = "BUG: " + reason
-
-
-# Issue 15 items in other helpers' modules (see /work/coord/H6.md "Requests"):
-_bug(["tensor_as_dict_key.pt"], ("open", "verify"),
-     "open/verify accept a tensor used as a dict key, which load refuses (archive.py/verify.py: the "
-     "recording materializer's refs are hashable); open's values then show internal refs")
-_bug(["size1_stride_2_62.pt"], ("open", "preview"), "open raises NumPy's ValueError (archive.py)")
-_bug(["cuda_5000_digits.pt"], ("open", "verify", "preview"),
-     "open/verify on a 'cuda:' + 5000-digit location: untyped error or OK (devices.py/verify.py)")
 
 
 def _known_bug(file: str, mode: str) -> str | None:
@@ -274,7 +267,7 @@ def _run_job(nbckpt, path: Path, mode: str, signal) -> dict:
     del value
     if result["seconds"] > 0.2:
         gc.collect()
-    result["canary_file"] = os.path.exists(build.canary(_stem(path.name)))
+    result["canary_file"] = os.path.exists(build.canary(_stem(os.path.relpath(path, CORPUS))))
     result["canary_module"] = (not had_module) and canary_module in sys.modules
     result["safe_globals"] = nbckpt.get_safe_globals_names()
     if result["safe_globals"]:
@@ -337,7 +330,9 @@ def _cli_job(path: Path) -> dict:
     finally:
         cli._message = original
     bad = sorted({repr(c) for text in printed for c in _CONTROL.findall(text)})
-    return {"untyped": untyped, "control_chars": bad, "codes": codes}
+    # Names in the corpus that try to forge a line hold "\nOK": no printed line may start with it.
+    forged = sorted({line for text in printed for line in text.splitlines() if line.startswith("OK")})
+    return {"untyped": untyped, "control_chars": bad, "codes": codes, "forged": forged}
 
 
 _SHELL: list = []
@@ -452,9 +447,12 @@ def _run_worker(jobs):
     proc.stdin.close()
 
     def watchdog():
-        # A hang in C code is not interrupted by the worker's alarm: kill it.
+        # A hang in C code is not interrupted by the worker's alarm: kill it, 30 s after the
+        # alarm of the job that runs would have fired (the CLI and previews get three times as long).
         while proc.poll() is None:
-            if time.monotonic() - state["last"] > JOB_TIMEOUT_S + 30:
+            started = state["started"]
+            limit = JOB_TIMEOUT_S * (3 if started and started[1] in ("cli", "preview") else 1) + 30
+            if time.monotonic() - state["last"] > limit:
                 proc.kill()
                 state["killed"] = True
                 return
@@ -602,6 +600,7 @@ def _check_tool(entry: dict, mode: str, r: dict, where: str) -> None:
     elif mode == "cli":
         assert not r["untyped"], f"{where}: a command failed with an untyped error: {r['untyped']}"
         assert not r["control_chars"], f"{where}: printed control characters {r['control_chars']}"
+        assert not r.get("forged"), f"{where}: a name from the file printed a line of its own: {r['forged']}"
         assert set(r["codes"].values()) <= {0, 1, 2}, r["codes"]
     elif mode == "magic":
         assert not r["rebound"], f"{where}: %ckpt load rebound {r['rebound']}"
@@ -649,8 +648,17 @@ def test_corpus_is_complete_and_reproducible(tmp_path):
         assert (tmp_path / entry["file"]).read_bytes() == (CORPUS / entry["file"]).read_bytes(), entry["file"]
     for entry in MANIFEST:
         assert f"| `{entry['file']}` |" in readme, entry["file"]
-    committed = {p.name for p in CORPUS.iterdir() if p.suffix in (".pt", ".tar")}
-    assert committed == {e["file"] for e in MANIFEST}
+    committed = {str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*")
+                 if p.is_file() and p.name not in ("build.py", "README.md", "manifest.json")
+                 and "__pycache__" not in p.parts}
+    folders = {e["file"].rpartition("/")[0] for e in MANIFEST}
+    assert committed == {e["file"] for e in MANIFEST} | {f"{folder}/{name}" for e in MANIFEST
+                                                         for folder in [e["file"].rpartition("/")[0]]
+                                                         for name in e.get("shards", ())}, folders
+    for entry in comparable(entries):
+        for name in entry.get("shards", ()):
+            shard = f"{entry['file'].rpartition('/')[0]}/{name}"
+            assert (tmp_path / shard).read_bytes() == (CORPUS / shard).read_bytes(), shard
     assert {e["file"] for e in comparable(entries)} == {e["file"] for e in comparable(MANIFEST)}
 
 
@@ -713,6 +721,75 @@ def test_bomb_allocates_nothing_in_process(results, entry, monkeypatch):
         tracemalloc.stop()
     del value
     assert peak < BOMB_TRACED_LIMIT_MB << 20, f"{entry['file']}: {peak / 2**20:.0f} MB allocated"
+
+
+# -- a listing lists everything or refuses; names cannot forge output (issue 15) ---------------------
+
+
+def _saved(obj) -> bytes:
+    import nbckpt
+
+    buf = io.BytesIO()
+    nbckpt.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_open_names_colliding_entries_apart_and_diff_sees_each():
+    """{"a.b": v} and {"a": {"b": v}} flatten to one dotted name: values and arrays alike."""
+    import numpy as np
+
+    import nbckpt
+
+    a = _saved({"a.b": 1, "a": {"b": 2, "w": np.zeros(2)}, "x.y": np.zeros(2), "x": {"y": np.ones(2)}})
+    b = _saved({"a.b": 1, "a": {"b": 3, "w": np.zeros(2)}, "x.y": np.zeros(2), "x": {"y": np.ones(2)}})
+    with nbckpt.open(io.BytesIO(a)) as archive:
+        assert archive.values == {"['a.b']": 1, "['a']['b']": 2}
+        assert [r.name for r in archive.records] == ["a.w", "['x.y']", "['x']['y']"]
+        assert archive["['x']['y']"].tolist() == [1.0, 1.0] and archive["['x.y']"].tolist() == [0.0, 0.0]
+    report = nbckpt.diff(io.BytesIO(a), io.BytesIO(b))
+    assert not report.identical
+    assert [(v.name, v.change) for v in report.values] == [("['a']['b']", "value")]
+
+
+def test_open_refuses_arrays_it_would_not_list():
+    """Arrays deeper than the listing walks, or in a mapping's attribute: refused, never left out."""
+    import nbckpt
+
+    deep = build.ckpt(build.Raw(b"}" * 1 + b"".join(build.emit(f"k{i}", proto=False, stop=False) + b"}"
+                                                   for i in range(250))
+                                + build.emit("w", proto=False, stop=False)
+                                + build.emit(build.tensor(), proto=False, stop=False) + b"s" * 251))
+    assert isinstance(nbckpt.load(io.BytesIO(deep)), dict)
+    with pytest.raises(nbckpt.FormatError, match="nested more than 200 containers"):
+        nbckpt.open(io.BytesIO(deep))
+    attribute = build.ckpt(build.B(build.od(("w", build.tensor())), {"_metadata": build.od(("", build.tensor()))}))
+    assert nbckpt.load(io.BytesIO(attribute))._metadata[""].shape == (2, 3)
+    with pytest.raises(nbckpt.FormatError, match="left out of the listing"):
+        nbckpt.open(io.BytesIO(attribute))
+    with pytest.raises(nbckpt.FormatError, match="left out of the listing"):
+        nbckpt.diff(io.BytesIO(attribute), io.BytesIO(attribute))
+
+
+def test_cli_escapes_control_characters_of_file_names(tmp_path, monkeypatch, capsys):
+    """A file named $'a\\nOK b.pt' prints as one line, in results and in error lines alike."""
+    from nbckpt import cli
+
+    monkeypatch.chdir(tmp_path)
+    name = "a\nOK b.pt"
+    shutil.copy(CORPUS / "ok_handmade.pt", tmp_path / name)
+    (tmp_path / "d\nOK").mkdir()  # messages quote the folder of an index, not the argument itself
+    index = "d\nOK/" + build.SHARDED_INDEX
+    shutil.copy(CORPUS / "sharded_dotdot" / build.SHARDED_INDEX, tmp_path / index)
+    for argv in (["verify", name], ["ls", name], ["info", name], ["diff", name, name],
+                 ["verify", "gone\nOK.pt"], ["ls", name, "x\r\x1b[2J"], ["convert", name, "c\nOK.npz"],
+                 ["ls", index], ["ls", str(tmp_path / index)]):
+        code = cli.main(argv)
+        out = capsys.readouterr()
+        printed = out.out + out.err
+        assert code in (0, 1, 2), (argv, printed)
+        assert not any(line.startswith("OK") for line in printed.splitlines()), (argv, printed)
+        assert "\r" not in printed and "\x1b" not in printed, (argv, printed)
+        assert "a\\nOK b.pt" in printed or "gone\\nOK.pt" in printed or "d\\nOK" in printed, (argv, printed)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

@@ -59,3 +59,14 @@ def test_chart_cases_are_ratios_to_nbckpt():
             for lib, s in (("nbckpt", 2.0), ("nbckpt-scratch", 1.0), ("torch", 1.5), ("plain", 0.5))]
     assert ratio_cases(rows) == [("1 GiB, 256 arrays: save", {"torch": 0.75, "plain": 0.25}),
                                  ("1 GiB, 256 arrays: save, durable=False", {"torch": 1.5, "plain": 0.5})]
+
+
+def test_ops_without_save_still_write_the_file_they_load(tmp_path):
+    """``--ops load`` times only the load; the file it reads is written first, untimed."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--scenarios", "small", "--libs",
+                           "nbckpt", "--ops", "load", "open_list", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["lib"], r["op"]) for r in rows if r["runs"]} == {("nbckpt", "load"), ("nbckpt", "open_list")}

@@ -311,9 +311,23 @@ def test_convert_mistakes(command, model, tmp_path):
     path, _ = model
     line = one_error_line(run(command, "convert", path, tmp_path / "model.h5"))
     assert line == (f"nbckpt convert: error: cannot tell the format of {tmp_path / 'model.h5'} from its extension "
-                    f"'.h5': use one of .pt, .pth, .ckpt, .bin, .safetensors, .npz")
+                    f"'.h5': use one of .pt, .pth, .ckpt, .bin, .safetensors, .npz; or pass format= (--format): "
+                    f"'zip', 'legacy', 'dcp', 'safetensors', 'npz'")
     line = one_error_line(run(command, "convert", path, tmp_path / "x.npz", "--legacy"))
-    assert "legacy=True writes torch's pre-1.6 format" in line
+    assert line == (f"nbckpt convert: error: format='legacy' writes a torch file in torch's pre-1.6 format, but the "
+                    f"target {tmp_path / 'x.npz'} has the extension of an npz file: rename the target, or leave "
+                    f"out format= (--format) to write what its extension says")
+    line = one_error_line(run(command, "convert", path, tmp_path / "x.pt", "--legacy", "--format", "zip"))
+    assert line == "nbckpt convert: error: --legacy is --format legacy; it cannot go with --format zip"
+
+
+def test_convert_format_option(command, model, tmp_path):
+    """--format names the target's format as nbckpt.save(format=) does; the extension need not."""
+    path, state = model
+    assert run(command, "convert", path, tmp_path / "old.pt", "--format", "legacy").returncode == 0
+    assert not (tmp_path / "old.pt").read_bytes().startswith(b"PK")
+    assert run(command, "convert", path, tmp_path / "folder", "--format", "dcp").returncode == 0
+    np.testing.assert_array_equal(nbckpt.load(tmp_path / "folder")["encoder.weight"], state["encoder.weight"])
 
 
 # --------------------------------------------------------------------------------------

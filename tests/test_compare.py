@@ -14,6 +14,7 @@ import nbckpt
 from nbckpt import compare
 from nbckpt.compare import Difference, array_difference
 from nbckpt.format.dtypes import by_torch_name
+from gpu_helpers import no_cupy  # noqa: F401 - fixture
 
 
 def torch_file(obj, folder, name) -> str:
@@ -293,3 +294,106 @@ def test_untyped_failures_become_format_errors(monkeypatch):
     with pytest.raises(nbckpt.FormatError, match=r"^comparing <BytesIO> with <BytesIO>: the file's data is "
                                                  r"nested too deeply to process$"):
         nbckpt.diff(saved({"v": 1}), saved({"v": 1}))
+
+
+# -- one API: map_location and progress as in load and open (issue 14) ----------------------------------
+
+
+def _gpu_saved(folder) -> str:
+    """A checkpoint whose arrays were saved on cuda:0 (listing it needs no GPU)."""
+    from checkpoint_tools import retag
+
+    path = folder / "gpu.pt"
+    path.write_bytes(retag(saved({"w": np.arange(4.0)}).getvalue(), {"cpu": "cuda:0"}))
+    return str(path)
+
+
+def test_map_location_and_progress_have_one_default_everywhere():
+    import inspect
+
+    params = {name: inspect.signature(fn).parameters for name, fn in
+              (("load", nbckpt.load), ("open", nbckpt.open), ("diff", nbckpt.diff))}
+    assert list(params["load"])[:2] == ["f", "map_location"]  # torch's positional order
+    assert params["load"]["map_location"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    for name in ("open", "diff"):
+        assert params[name]["map_location"].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert [repr(p["map_location"].default) for p in params.values()] == ["None"] * 3
+    from nbckpt.formats.dcp_write import save_dcp
+
+    for fn in (nbckpt.load, nbckpt.save, nbckpt.diff, nbckpt.convert, nbckpt.verify, nbckpt.Archive.verify,
+               nbckpt.Archive.load, save_dcp):
+        assert inspect.signature(fn).parameters["progress"].default is None, fn.__qualname__
+
+
+def test_map_location_places_the_compared_arrays(monkeypatch):
+    placed = []
+
+    def keep(storage, location):
+        placed.append(location)
+        return storage
+
+    a, b = saved({"w": np.ones(3)}), saved({"w": np.zeros(3)})
+    report = nbckpt.diff(a, b, map_location=keep)
+    assert placed == ["cpu", "cpu"] and report.records[0].max_abs == 1.0
+
+
+def test_map_location_none_keeps_saved_devices(tmp_path, no_cupy):
+    gpu = _gpu_saved(tmp_path)
+    with pytest.raises(nbckpt.DeviceError, match="cuda:0"):
+        nbckpt.diff(gpu, gpu, map_location=None)  # on the device it was saved on: none here
+    assert nbckpt.diff(gpu, gpu, map_location="cpu").identical
+
+
+def test_old_host_default_is_deprecated_for_gpu_saved_files(tmp_path, no_cupy):
+    gpu = _gpu_saved(tmp_path)
+    with pytest.warns(DeprecationWarning) as caught:
+        report = nbckpt.diff(gpu, gpu)
+    assert report.identical and report.equal_records == 1  # compared on the host, as before
+    assert [str(w.message) for w in caught] == [
+        "nbckpt.diff compares arrays saved on cuda:0 on the host because map_location was not given. "
+        "map_location now defaults to None, as in nbckpt.load and nbckpt.open (each array on the device it "
+        "was saved on); this old behaviour goes away in nbckpt 0.2. Pass map_location='cpu' to keep comparing "
+        "on the host, or map_location=None."]
+    assert caught[0].filename == __file__  # points at the caller
+
+
+def test_host_files_need_no_map_location_and_warn_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nbckpt.diff(saved({"w": np.ones(2)}), saved({"w": np.ones(2)})).identical
+
+
+def test_map_location_remaps_open_archives(tmp_path, no_cupy):
+    gpu = _gpu_saved(tmp_path)
+    with nbckpt.open(gpu) as archive:
+        assert nbckpt.diff(archive, archive, map_location="cpu").identical
+        with pytest.raises(nbckpt.DeviceError):
+            nbckpt.diff(archive, archive)  # an open archive loads where it was opened to load
+        assert not archive.closed
+
+
+def test_progress_default_shows_a_bar_only_for_big_comparisons(monkeypatch, capsys):
+    import nbckpt.progress as progress
+
+    a, b = saved({"w": np.ones(1000)}), saved({"w": np.ones(1000)})
+    monkeypatch.setattr(progress, "AUTO_THRESHOLD", 1 << 40)
+    nbckpt.diff(a, b)
+    assert "comparing" not in capsys.readouterr().err
+    monkeypatch.setattr(progress, "AUTO_THRESHOLD", 0)
+    a.seek(0), b.seek(0)
+    nbckpt.diff(a, b)
+    assert "comparing" in capsys.readouterr().err
+
+
+def test_open_load_takes_progress_as_load_does(monkeypatch, capsys):
+    import nbckpt.progress as progress
+
+    buf = saved({"w": np.ones(1000)})
+    monkeypatch.setattr(progress, "AUTO_THRESHOLD", 0)
+    with nbckpt.open(buf) as archive:
+        archive.load(progress=False)
+        assert "loading" not in capsys.readouterr().err
+        np.testing.assert_array_equal(archive.load()["w"], np.ones(1000))  # None: big enough here
+        assert "loading" in capsys.readouterr().err

@@ -514,3 +514,16 @@ def test_cli_and_magic_listings_show_chunks_and_files(tmp_path, capsys):
     (text,) = [o.data["text/plain"] for o in captured.outputs]
     assert text.splitlines()[1].split()[-2:] == ["chunks", "files"]
     assert files["w"] in text and files["b"] in text
+
+
+def test_each_chunk_is_read_through_its_region_only(two_chunks):
+    """A chunk's stream is read through a RangeFile over its region (nbckpt.io.ranges): a region cut
+    short of its stream's end records is refused, though the bytes after it are in the file."""
+    folder, md = two_chunks
+    first = next(info for index, info in md.storage_data.items() if index.offset == (0,))
+    first.length -= 22  # the zip's end-of-central-directory record lies outside the region now
+    _rewrite(folder, md)
+    with pytest.raises(nbckpt.FormatError):
+        nbckpt.load(folder)
+    report = nbckpt.verify(folder)
+    assert not report.ok and [p.record for p in report.problems] == ["x@(0,)"]

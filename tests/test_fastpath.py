@@ -12,6 +12,7 @@ and on hand-made near misses of the grammar.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib.util
 import io
 import sys
@@ -72,14 +73,18 @@ def _describe(value, ids: dict) -> object:
     return ("other", type(value).__name__, repr(value))
 
 
-def _rebuilder(checkpoint) -> Rebuilder:
-    source = ZipSource(checkpoint.reader, read_ahead=False)
+def _rebuilder(checkpoint, read_ahead: bool = False) -> Rebuilder:
+    source = ZipSource(checkpoint.reader, read_ahead=read_ahead)
     return Rebuilder(ZipMaterializer(source, DeviceMap.parse(None), byteorder=checkpoint.byteorder))
 
 
-def outcome(checkpoint, pkl: bytes, *, fast: bool):
-    """("fallback",), ("ok", description) or ("error", exception type)."""
-    rebuilder = _rebuilder(checkpoint)
+def outcome(checkpoint, pkl: bytes, *, fast: bool, read_ahead: bool = False):
+    """("fallback",), ("ok", description) or ("error", exception type).
+
+    ``read_ahead`` lets the materializer read small records in blocks (what a load
+    of a path does; the fast path then reads all storages in one batch).
+    """
+    rebuilder = _rebuilder(checkpoint, read_ahead)
     try:
         if fast:
             result = load_flat_dict(pkl, rebuilder)
@@ -93,8 +98,12 @@ def outcome(checkpoint, pkl: bytes, *, fast: bool):
 
 
 def assert_same(checkpoint, pkl: bytes) -> tuple:
-    """The fast path falls back, or agrees with the VM; returns the fast path's outcome."""
+    """The fast path falls back, or agrees with the VM; returns the fast path's outcome.
+
+    Both with exact reads per record and with records read in blocks (batched).
+    """
     fast = outcome(checkpoint, pkl, fast=True)
+    assert outcome(checkpoint, pkl, fast=True, read_ahead=True) == fast
     if fast != ("fallback",):
         assert fast == outcome(checkpoint, pkl, fast=False)
     return fast
@@ -346,3 +355,139 @@ def test_big_indices_and_long_ints():
     assert assert_same(checkpoint, long1)[0] == "ok"
     negative_len = _with(pkl, b"J\x70\x11\x01\x00", b"\x8a\x03\x70\x11\xff", 1)
     assert_same(checkpoint, negative_len)
+
+
+# -- the batched build: all storages asked for at once, small records read in blocks ----------------
+
+
+def test_flat_dicts_are_built_in_one_batch_with_one_read_per_block(monkeypatch):
+    from nbckpt.format.container import ZipReader
+
+    reads, batches = [], []
+    original_read, original_many = ZipReader.read_records, Rebuilder.rebuild_many
+
+    def spy_read(self, names, **kwargs):
+        reads.append(list(names))
+        return original_read(self, names, **kwargs)
+
+    def spy_many(self, calls):
+        batches.append(len(calls))
+        return original_many(self, calls)
+
+    monkeypatch.setattr(ZipReader, "read_records", spy_read)
+    monkeypatch.setattr(Rebuilder, "rebuild_many", spy_many)
+    checkpoint = _checkpoint(BASES["many"])
+    assert assert_same(checkpoint, checkpoint.data_pkl)[0] == "ok"
+    assert batches and set(batches) == {1100}
+    # The reads ahead ask for every record at once, in the pickle's order.
+    assert [len(r) for r in reads] == [1100] and reads[0][:2] == ["data/0", "data/1"]
+    out = nbckpt.load(io.BytesIO(BASES["many"]))
+    assert list(out) == [f"k{i}" for i in range(1100)] and out["k7"].tolist() == [7.0, 7.0]
+    # Every array owns its memory (a block read ahead is not kept alive by the arrays).
+    reader_out = _rebuilder(checkpoint, read_ahead=True)
+    arrays = load_flat_dict(checkpoint.data_pkl, reader_out)
+    assert all(a.base is not None and a.base.base is None and a.base.nbytes == 8 for a in arrays.values())
+
+
+def _corrupt_local_header(data: bytes, record: str, old: bytes, new: bytes, at: int = 0) -> bytes:
+    """``data`` with bytes ``at`` on of record ``record``'s local header replaced (``old`` -> ``new``)."""
+    from nbckpt.format.container import ZipReader
+
+    reader = ZipReader(io.BytesIO(data))
+    start = reader.entry(record).header_offset + at
+    assert data[start : start + len(old)] == old
+    return data[:start] + new + data[start + len(new):]
+
+
+@pytest.mark.parametrize("case", ["signature", "method", "extra runs into the next record",
+                                  "extra runs past the directory"])
+def test_batched_reads_report_a_bad_local_header_as_the_vm_does(case):
+    data = BASES["many"]
+    if case == "signature":
+        data = _corrupt_local_header(data, "data/5", b"PK\x03\x04", b"PK\x03\x05")
+    elif case == "method":
+        data = _corrupt_local_header(data, "data/5", b"\x00\x00", b"\x08\x00", at=8)
+    else:
+        from nbckpt.format.container import ZipReader
+
+        reader = ZipReader(io.BytesIO(data))
+        record = "data/1099" if case == "extra runs past the directory" else "data/5"
+        raw = data[reader.entry(record).header_offset + 28 : reader.entry(record).header_offset + 30]
+        data = _corrupt_local_header(data, record, raw, (0xFFF0).to_bytes(2, "little"), at=28)
+    checkpoint = _checkpoint(data)
+    fast = assert_same(checkpoint, checkpoint.data_pkl)
+    if case == "extra runs into the next record":
+        # Inside the file, before the directory: both read those bytes (the zip reader
+        # bounds every record by the file and the directory, not by its neighbours).
+        assert fast[0] == "ok"
+        return
+    assert fast[0] == "error" and issubclass(fast[1], FormatError), fast
+    with pytest.raises(FormatError):
+        nbckpt.load(io.BytesIO(data))
+
+
+def test_a_load_frees_its_storages_without_the_cyclic_collector(tmp_path):
+    """The rebuilder (a reference cycle: its globals are its bound methods) lets go of the
+    storages once the pickle is read: an array deleted after a load frees its memory at once."""
+    import gc
+    import weakref
+
+    path = tmp_path / "many.pt"
+    path.write_bytes(BASES["many"])
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        out = nbckpt.load(str(path))
+        storage = weakref.ref(out["k5"].base)
+        del out
+        assert storage() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+# -- the listing (nbckpt.open): the fast path and the batched describing against the VM ----------------
+
+
+def _listing(data: bytes) -> tuple:
+    with nbckpt.open(io.BytesIO(data)) as archive:
+        return archive.records, archive.values, [archive[r.name].tobytes() for r in archive.records[:3]]
+
+
+@pytest.mark.parametrize("name", ["torch", "torch_ordered", "nbckpt", "many"])
+def test_open_lists_the_same_records_with_the_fast_path_and_the_vm(name, monkeypatch):
+    from nbckpt import archive as archive_module
+
+    fast = _listing(BASES[name])
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "load_flat_dict", lambda *args, **kwargs: None)  # the VM only
+        assert _listing(BASES[name]) == fast
+    with monkeypatch.context() as m:
+        m.setattr(archive_module, "_flat_arrays", lambda tree: None)  # the walk only
+        assert _listing(BASES[name]) == fast
+    records = fast[0]
+    assert records and all(isinstance(r, nbckpt.Record) for r in records)
+    if name == "torch":
+        by_name = {r.name: r for r in records}
+        assert by_name["wT"].strides == (1, 4) and by_name["row"].offset == 4
+        assert set(by_name["w"].shares) == {"wT", "row", "tied"} and by_name["b"].shares == ()
+        # Records built without the dataclass __init__ are what the constructor builds.
+        rebuilt = dataclasses.replace(by_name["w"])
+        assert rebuilt == by_name["w"] and hash(rebuilt) == hash(by_name["w"]) and vars(rebuilt) == vars(by_name["w"])
+
+
+def test_the_batch_stands_only_for_the_rebuilders_own_unchanged_calls():
+    ours = Rebuilder(None)
+    assert ours.batches(ours.rebuild_tensor_v2, ours.ordered_dict)
+    other = Rebuilder(None)
+    assert not ours.batches(other.rebuild_tensor_v2, ours.ordered_dict)  # another rebuilder's
+    assert not ours.batches(ours.rebuild_tensor, ours.ordered_dict)  # another rebuild function
+    assert not ours.batches(ours.rebuild_tensor_v2, ours.counter)  # hooks that are not an OrderedDict
+    assert not Rebuilder(None, legacy=True).batches(ours.rebuild_tensor_v2, ours.ordered_dict)
+
+    class Overridden(Rebuilder):
+        def rebuild_tensor_v2(self, *args, **kwargs):  # a subclass's own rebuild: never bypassed
+            return super().rebuild_tensor_v2(*args, **kwargs)
+
+    sub = Overridden(None)
+    assert not sub.batches(sub.rebuild_tensor_v2, sub.ordered_dict)

@@ -224,8 +224,8 @@ def test_verify_scan_diff_and_cli(case, capsys):
     report = nbckpt.verify(case.path)
     assert report.ok, str(report)
     assert isinstance(nbckpt.scan(case.path), list)
-    if case.map_location is None:
-        assert nbckpt.diff(case.path, case.path).identical
+    # map_location as load and open take it (the GPU-saved legacy file is compared on the host)
+    assert nbckpt.diff(case.path, case.path, map_location=case.map_location).identical
     assert cli_main(["ls", case.path]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in case.expected)
@@ -420,6 +420,24 @@ def test_convert_reads_every_format(kind, tmp_path):
     case = MAKERS[kind](str(tmp_path))
     target = tmp_path / ("out.npz" if kind.startswith("safetensors") else "out.safetensors")
     nbckpt.convert(case.path, target)
+    assert_tree(nbckpt.load(target), {k: v.astype(v.dtype.newbyteorder("=")) for k, v in case.expected.items()})
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "dcp", "safetensors", "npz"])
+@pytest.mark.parametrize("kind", ["legacy", "safetensors-numpy", "sharded-bin", "dcp"])
+def test_convert_writes_every_format_given_by_format(kind, fmt, tmp_path):
+    """convert(format=...) takes what save(format=...) takes (and the flat formats); the target needs no
+    extension, and what it writes is told by its own first bytes."""
+    case = MAKERS[kind](str(tmp_path))
+    target = tmp_path / f"out-{fmt}"
+    if fmt == "npz" and any(v.dtype.num >= 256 for v in case.expected.values()):
+        with pytest.raises(nbckpt.LossyConversionError, match="which npz lacks"):  # no bfloat16/float8
+            nbckpt.convert(case.path, target, format=fmt)
+        assert not target.exists()
+        return
+    report = nbckpt.convert(case.path, target, format=fmt)
+    assert report.written and report.target_format == {"zip": "torch", "legacy": "torch"}.get(fmt, fmt)
+    assert sniff(str(target)) == fmt
     assert_tree(nbckpt.load(target), {k: v.astype(v.dtype.newbyteorder("=")) for k, v in case.expected.items()})
 
 

@@ -1,5 +1,5 @@
 """The browser widget on a sharded checkpoint, a safetensors file and a legacy GPU-saved file,
-rendered by JupyterLab in headless Chromium (the fixtures of ``test_browser_ui.py``).
+rendered by JupyterLab in headless Chromium (the fixtures of ``lab_browser.py``).
 
 With ``NBCKPT_UPDATE_DOCS=1`` the sharded checkpoint's widget is saved to
 ``docs/browser-sharded.png`` (the README's picture).
@@ -7,13 +7,12 @@ With ``NBCKPT_UPDATE_DOCS=1`` the sharded checkpoint's widget is saved to
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import pytest
 
-from test_browser_ui import ARTIFACTS, ROOT, Steps, _kernel_idle, lab, page  # noqa: F401 - fixtures
+from lab_browser import ARTIFACTS, ROOT, Steps, kernel_idle, lab, page, write_notebook  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
 
@@ -47,21 +46,12 @@ ArchiveBrowser("gpu_legacy.pt")
 ]
 
 
-def _notebook(path) -> None:
-    cells = [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [],
-              "source": code.splitlines(keepends=True)} for i, code in enumerate(CELLS)]
-    path.write_text(json.dumps({
-        "nbformat": 4, "nbformat_minor": 5, "cells": cells,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                     "language_info": {"name": "python"}}}, indent=1))
-
-
 def test_browser_shows_sharded_safetensors_and_legacy_gpu_files(lab, page):
     step = Steps(page, lab)
-    _notebook(lab.root / "formats.ipynb")
+    write_notebook(lab.root / "formats.ipynb", CELLS)
     step("open the notebook", lambda: page.goto(f"{lab.url}/lab/tree/formats.ipynb"))
     step("wait for the notebook and its kernel", lambda: (
-        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), _kernel_idle(page)))
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), kernel_idle(page)))
     lab.remember_children()
     step("close the left sidebar", lambda: page.evaluate(
         "window.jupyterapp.commands.execute('application:toggle-left-area')"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,47 @@ def test_archive_verify_and_legacy_verify(tmp_path):
     assert report.ok and report.format == "legacy stream" and "no checksums" in report.notes[0]
     report = nbckpt.verify(io.BytesIO(buf.getvalue()[:-3]))
     assert not report.ok and "truncated" in str(report)
+
+
+# -- a check that says OK means load succeeds (issue 15) -------------------------------------------
+
+ATTACKS = Path(__file__).parent / "data" / "attacks"
+
+
+@pytest.mark.parametrize("name, error", [
+    ("tensor_as_dict_key.pt", nbckpt.FormatError),  # NumPy arrays are unhashable: so are the listing's refs
+    ("size1_stride_2_62.pt", nbckpt.FormatError),  # a 2**64-byte stride fits no index
+    ("cuda_5000_digits.pt", nbckpt.DeviceError),  # no device has that index
+])
+def test_verify_and_open_refuse_what_load_refuses(name, error):
+    path = str(ATTACKS / name)
+    with pytest.raises(nbckpt.CheckpointError):
+        nbckpt.load(path)
+    report = nbckpt.verify(path)
+    assert not report.ok, report
+    with pytest.raises(error):
+        nbckpt.open(path)
+
+
+def test_report_lines_cannot_be_forged_by_names_in_messages():
+    from nbckpt.verify import Problem, VerifyReport
+
+    report = VerifyReport("a\nOK b.pt", "zip")
+    report.problems.append(Problem("shard\nOK", "bad\r\x1b[2J"))
+    assert str(report).splitlines() == ["a\\nOK b.pt: zip checkpoint, 0 records checked, 1 problem(s)",
+                                        "  problem: shard\\nOK: bad\\r\\x1b[2J"]
+
+
+def test_verify_notes_locations_a_default_load_cannot_place_here():
+    """verify judges the file, not the machine, but its OK must not hide that load would fail here."""
+    path = str(ATTACKS / "location_unknown.pt")  # a storage saved on 'evil:0'
+    report = nbckpt.verify(path)
+    assert report.ok
+    assert [n for n in report.notes if "default map_location" in n] == [
+        "the file is sound, but a load with the default map_location would fail here: nbckpt cannot place "
+        "arrays on 'evil:0': it loads to 'cpu' (NumPy) and 'cuda' or 'cuda:N' (CuPy). Pass map_location='cpu' "
+        "to load everything to the host."]
+    with pytest.raises(nbckpt.DeviceError):
+        nbckpt.load(path)
+    assert nbckpt.load(path, map_location="cpu")["w"].shape == (2, 3)
+    assert not [n for n in nbckpt.verify(str(ATTACKS / "ok_handmade.pt")).notes if "map_location" in n]

@@ -1,6 +1,6 @@
 """The JupyterLab checkpoint viewer in a real browser (headless Chromium, Playwright).
 
-The JupyterLab server of tests/test_browser_ui.py (its own folders, no token; the viewer's
+The JupyterLab server of tests/lab_browser.py (its own folders, no token; the viewer's
 prebuilt frontend and server extension from this checkout) serves a folder with two
 checkpoints, a hostile file and an empty notebook. The test double-clicks a checkpoint in
 the file browser, opens modules in the viewer's tree, selects a record and waits for its
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import nbckpt
-from test_browser_ui import ARTIFACTS, ROOT, TIMEOUT_MS, Steps, _get, _kernel_idle, lab, page  # noqa: F401
+from lab_browser import ARTIFACTS, ROOT, TIMEOUT_MS, Steps, get, kernel_idle, lab, page, write_notebook  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -41,27 +41,18 @@ def _model(scale: float) -> dict:
             "step": 1000 if scale == 1 else 2000, "config": {"lr": 3e-4, "layers": 20}}
 
 
-def _write_notebook(path) -> None:
-    path.write_text(json.dumps({
-        "nbformat": 4, "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                     "language_info": {"name": "python"}},
-        "cells": [{"cell_type": "code", "id": "first", "metadata": {}, "execution_count": None, "outputs": [],
-                   "source": []}]}))
-
-
 def test_checkpoint_viewer_in_jupyterlab(lab, page):
     step = Steps(page, lab)
     started = time.monotonic()
     nbckpt.save(_model(1.0), lab.root / "model.pt")
     nbckpt.save(_model(1.5), lab.root / "tuned.pt")
     shutil.copyfile(ROOT / "tests" / "data" / "attacks" / "g_posix_system.pt", lab.root / "hostile.pt")
-    _write_notebook(lab.root / "work.ipynb")
+    write_notebook(lab.root / "work.ipynb", [""])
     nbckpt.save({"enc": {"w": np.ones((4, 4), np.float32)}, "step": 5}, lab.root / "dcp_step5", format="dcp")
 
     step("open the notebook", lambda: page.goto(f"{lab.url}/lab/tree/work.ipynb"))
     step("wait for the notebook and its kernel", lambda: (
-        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), _kernel_idle(page)))
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), kernel_idle(page)))
     lab.remember_children()
     listing = page.locator(".jp-DirListing-content")
     step("double-click model.pt in the file browser", lambda: listing.get_by_text("model.pt", exact=True).dblclick())
@@ -121,8 +112,8 @@ def test_checkpoint_viewer_in_jupyterlab(lab, page):
     step("the viewer shows the refusal", lambda: error.get_by_text("UnpicklingError").wait_for())
     assert "posix.system" in error.inner_text()
     assert not os.path.exists("/tmp/nbckpt-canary-g_posix_system")
-    assert json.loads(_get(f"{lab.url}/api/status"))  # the server keeps answering
-    assert len(json.loads(_get(f"{lab.url}/nbckpt/listing?path=model.pt"))["entries"]) == 64
+    assert json.loads(get(f"{lab.url}/api/status"))  # the server keeps answering
+    assert len(json.loads(get(f"{lab.url}/nbckpt/listing?path=model.pt"))["entries"]) == 64
     page.screenshot(path=str(ARTIFACTS / "viewer-hostile.png"))
 
     step("open the context menu of the DCP folder", lambda: listing.get_by_text("dcp_step5", exact=True).click(

@@ -37,7 +37,7 @@ class ZipCheckpoint:
     @property
     def storage_bytes(self) -> int:
         """Bytes of all storage records (what an eager load reads)."""
-        return sum(self.reader.entry(f"data/{key}").size for key in self.storage_keys)
+        return sum(map(self.reader.size, [name for name in self.reader.names() if name.startswith("data/")]))
 
 
 def open_zip_checkpoint(stream, *, verify: bool = False) -> ZipCheckpoint:

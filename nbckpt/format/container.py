@@ -2,8 +2,10 @@
 
 ``ZipWriter`` streams records through a ``write`` callable (no seeking), so it
 works on any writable file object. ``ZipReader`` reads the central directory of
-an archive that starts at the stream's current position, validates it, and
-reads records by name, straight into caller-provided memory.
+an archive that starts at the stream's current position, validates it (a
+directory of many plain entries in one pass of NumPy operations, any other entry
+by entry), and reads records by name, straight into caller-provided memory, or
+many at once (``read_records``: small records in blocks, one read for thousands).
 
     >>> import io
     >>> buf = io.BytesIO()
@@ -18,9 +20,13 @@ reads records by name, straight into caller-provided memory.
 
 from __future__ import annotations
 
+import itertools
+import struct
 import zlib
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 from ..errors import FormatError
 from . import spec
@@ -38,6 +44,7 @@ _CRC_CHUNK = 1 << 22  # 4 MiB: checked while the bytes just read are still in ca
 _SMALL_RECORD = 1 << 16  # records up to 64 KiB are read with their local header in one go
 _SMALL_EXTRA = 128  # room guessed for the local header's extra field (torch writes <= 88)
 _BLOCK = 1 << 22  # 4 MiB: how far small records are read ahead
+_LOCAL_MAGIC_U32 = int.from_bytes(spec.LOCAL_MAGIC, "little")
 
 
 def _as_bytes_view(data) -> memoryview:
@@ -48,22 +55,38 @@ def _as_bytes_view(data) -> memoryview:
     return view
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _hash_combine(seed: int, value: int) -> int:
+    """One step of boost's ``hash_combine`` (what torch folds its hashes with), in 64 bits."""
+    return seed ^ ((value + 0x9E3779B97F4A7C15 + (seed << 6) + (seed >> 2)) & _MASK64)
+
+
+def _name_hash(name: bytes) -> int:
+    return _crc32(name) | (len(name) << 32)
+
+
 def _serialization_id(names: list[bytes], crcs: list[int]) -> bytes:
     """40 digits that change with the record names and contents, as torch writes.
 
     torch combines C++ ``std::hash`` values, which Python cannot reproduce; no
     reader validates this record, so any stable digest of the same inputs does.
+    (:class:`ZipWriter` folds the same values record by record as it writes.)
     """
-    mask = (1 << 64) - 1
+    name_seed = crc_seed = 0
+    for name in names:
+        name_seed = _hash_combine(name_seed, _name_hash(name))
+    for crc in crcs:
+        crc_seed = _hash_combine(crc_seed, crc)
+    return b"%020d%020d" % (name_seed, crc_seed)
 
-    def combine(values) -> int:
-        seed = 0
-        for v in values:
-            seed ^= (v + 0x9E3779B97F4A7C15 + (seed << 6) + (seed >> 2)) & mask
-        return seed
 
-    name_hash = combine(_crc32(n) | (len(n) << 32) for n in names)
-    return b"%020d%020d" % (name_hash, combine(crcs))
+_pack_local = spec.LOCAL_HEADER.pack
+_pack_central = spec.CENTRAL_HEADER.pack
+_pack_descriptor = struct.Struct("<4sIII").pack  # magic, CRC-32, compressed and uncompressed size
+_SMALL_FLAGS = spec.FLAG_UTF8 | spec.FLAG_DESCRIPTOR
+_LOCAL_FIXED = spec.LOCAL_HEADER.size + 4  # a local header and the padding field's own 4 bytes
 
 
 class ZipWriter:
@@ -72,6 +95,13 @@ class ZipWriter:
     ``write`` is the only method of the target used (``file.write``); offsets
     are counted from the first byte written, so the archive may follow other
     data in the same stream.
+
+    Records below 64 KiB are copied, with their local header and descriptor,
+    into one buffer that goes to ``write`` when it holds 1 MiB: a file of
+    thousands of small arrays costs a few system calls, not thousands, and a
+    few Python operations per record. Larger records go to ``write`` as they
+    are (no copy). Only the central directory (about 100 bytes a record) is
+    kept until ``close``.
     """
 
     def __init__(
@@ -86,17 +116,17 @@ class ZipWriter:
             raise ValueError(f"alignment must be between 1 and 65535, got {alignment}")
         self._write = write
         self.prefix = prefix
+        self._name_prefix = f"{prefix}/"
         self.alignment = alignment
         self.compute_crc = compute_crc
         self._offset = 0
-        self._central: list[bytes] = []
-        self._names: list[bytes] = []
-        self._crcs: list[int] = []
+        self._central = bytearray()  # the central directory, entry by entry
+        self._entries = 0
+        self._name_seed = 0  # the serialization id, folded record by record
+        self._crc_seed = 0
+        self._paddings: dict[int, bytes] = {}  # pad length -> the padding extra field
         self._closed = False
-        # Headers and small records are combined into writes of about 1 MiB, so a
-        # file of thousands of small arrays costs a few system calls, not thousands.
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._pending = bytearray()  # headers and small records not yet written
 
     @property
     def offset(self) -> int:
@@ -109,9 +139,8 @@ class ZipWriter:
         size = view.nbytes
         self._offset += size
         if size < _COMBINE:
-            self._pending.append(data if type(data) is bytes else bytes(view))
-            self._pending_size += size
-            if self._pending_size >= _COMBINE:
+            self._pending += view
+            if len(self._pending) >= _COMBINE:
                 self._flush_pending()
             return
         self._flush_pending()
@@ -119,9 +148,8 @@ class ZipWriter:
 
     def _flush_pending(self) -> None:
         if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_size = 0
+            # Handed over, never changed again: ``write`` may keep what it is given.
+            data, self._pending = self._pending, bytearray()
             self._write_all(memoryview(data))
 
     def _write_all(self, view: memoryview) -> None:
@@ -134,6 +162,14 @@ class ZipWriter:
                 raise OSError(f"write() wrote nothing ({written!r}) with {view.nbytes} bytes left")
             view = view[written:]
 
+    def _padding(self, pad: int) -> bytes:
+        extra = self._paddings.get(pad)
+        if extra is None:
+            extra = self._paddings[pad] = (
+                spec.PADDING_EXTRA_ID.to_bytes(2, "little") + pad.to_bytes(2, "little") + b"Z" * pad
+            )
+        return extra
+
     def _local_extra(self, header_offset: int, name_len: int, size: int) -> bytes:
         zip64 = b""
         if size >= spec.ZIP64_LIMIT or header_offset >= spec.ZIP64_LIMIT:
@@ -145,20 +181,45 @@ class ZipWriter:
             zip64 = spec.ZIP64_EXTRA_ID.to_bytes(2, "little") + len(fields).to_bytes(2, "little") + fields
         start = header_offset + spec.LOCAL_HEADER.size + name_len + len(zip64) + 4
         pad = (self.alignment - start % self.alignment) % self.alignment
-        return zip64 + spec.PADDING_EXTRA_ID.to_bytes(2, "little") + pad.to_bytes(2, "little") + b"Z" * pad
+        return zip64 + self._padding(pad)
 
     def write_record(self, name: str, data, *, crc32: int | None = None) -> None:
         """Append one stored record ``<prefix>/<name>`` holding the bytes of ``data``.
 
-        ``data`` is bytes or any C-contiguous buffer (it is not copied).
+        ``data`` is bytes or any C-contiguous buffer (it is not kept: small
+        records are copied, large ones written before this returns).
         ``crc32`` may be given when the caller computed it already.
         """
         if self._closed:
             raise ValueError("write_record() after close()")
         view = _as_bytes_view(data)
         size = view.nbytes
-        full_name = f"{self.prefix}/{name}".encode("utf-8")
+        full_name = (self._name_prefix + name).encode("utf-8")
         header_offset = self._offset
+        if 0 < size <= _SMALL_RECORD and header_offset < spec.ZIP64_LIMIT:
+            # The bytes of the general path below, copied into the pending buffer
+            # (no zip64 field below 4 GiB): a few operations per record.
+            if crc32 is None:
+                crc32 = _crc32(view) if self.compute_crc else 0
+            name_len = len(full_name)
+            pad = -(header_offset + _LOCAL_FIXED + name_len) % self.alignment
+            extra = self._paddings.get(pad) or self._padding(pad)
+            pending = self._pending
+            pending += _pack_local(spec.LOCAL_MAGIC, 0, _SMALL_FLAGS, spec.METHOD_STORED, 0, 0, 0, 0, 0,
+                                   name_len, len(extra))
+            pending += full_name
+            pending += extra
+            pending += view
+            pending += _pack_descriptor(spec.DESCRIPTOR_MAGIC, crc32, size, size)
+            self._offset = header_offset + _LOCAL_FIXED + name_len + len(extra) + size + 12
+            central = self._central
+            central += _pack_central(spec.CENTRAL_MAGIC, 0, 0, _SMALL_FLAGS, spec.METHOD_STORED, 0, 0, crc32,
+                                     size, size, name_len, 0, 0, 0, 0, 0, header_offset)
+            central += full_name
+            self._entered(full_name, crc32)
+            if len(pending) >= _COMBINE:
+                self._flush_pending()
+            return
         if crc32 is None:
             if self.compute_crc and size >= _PIPELINE:
                 crc32 = _PENDING  # computed while the data is written (see _emit_with_crc)
@@ -169,21 +230,21 @@ class ZipWriter:
         header = spec.LOCAL_HEADER.pack(
             spec.LOCAL_MAGIC, 0, flags, spec.METHOD_STORED, 0, 0, 0, 0, 0, len(full_name), len(extra)
         )
-        if not size:
-            self._emit(header + full_name + extra)
-        elif size <= _SMALL_RECORD and crc32 is not _PENDING:
-            # A small record goes out in one write: header, data and descriptor.
-            self._emit(b"".join((header, full_name, extra, view, self._descriptor(crc32, size, header_offset))))
-        else:
-            self._emit(header + full_name + extra)
+        self._emit(header + full_name + extra)
+        if size:
             if crc32 is _PENDING:
                 crc32 = self._emit_with_crc(view)
             else:
                 self._emit(view)
             self._emit(self._descriptor(crc32, size, header_offset))
-        self._central.append(self._central_entry(full_name, flags, crc32, size, header_offset))
-        self._names.append(full_name)
-        self._crcs.append(crc32)
+        self._central += self._central_entry(full_name, flags, crc32, size, header_offset)
+        self._entered(full_name, crc32)
+
+    def _entered(self, full_name: bytes, crc32: int) -> None:
+        """Count a record written, and fold its name and CRC into the serialization id."""
+        self._entries += 1
+        self._name_seed = _hash_combine(self._name_seed, _name_hash(full_name))
+        self._crc_seed = _hash_combine(self._crc_seed, crc32)
 
     @staticmethod
     def _descriptor(crc32: int, size: int, header_offset: int) -> bytes:
@@ -232,11 +293,11 @@ class ZipWriter:
         if self._closed:
             return
         self.write_record("version", b"%d\n" % spec.FILE_FORMAT_VERSION)
-        self.write_record(".data/serialization_id", _serialization_id(self._names, self._crcs))
+        self.write_record(".data/serialization_id", b"%020d%020d" % (self._name_seed, self._crc_seed))
         self._closed = True
         cd_offset = self._offset
-        central = b"".join(self._central)
-        entries = len(self._central)
+        central = self._central
+        entries = self._entries
         eocd64_offset = cd_offset + len(central)
         end = spec.EOCD64.pack(
             spec.EOCD64_MAGIC, 44, spec.MADE_BY_ZIP64, spec.NEEDED_ZIP64, 0, 0,
@@ -247,7 +308,9 @@ class ZipWriter:
             spec.EOCD_MAGIC, 0, 0, min(entries, 0xFFFF), min(entries, 0xFFFF),
             min(len(central), spec.ZIP64_LIMIT), min(cd_offset, spec.ZIP64_LIMIT), 0,
         )
-        self._emit(central + end)
+        self._central = bytearray()
+        central += end
+        self._emit(central)
         self._flush_pending()
 
 
@@ -310,6 +373,101 @@ def readinto_exact(f, buffer, what: str) -> None:
         )
 
 
+def _check_entry(name: str, method: int, csize: int, usize: int, header_offset: int, name_len: int,
+                 cd_offset: int) -> None:
+    """FormatError unless one directory entry's method, sizes and place are possible."""
+    if method not in (spec.METHOD_STORED, spec.METHOD_DEFLATED):
+        raise FormatError(
+            f"record {name!r} uses zip compression method {method}; only stored (0) and deflated (8) are read",
+            record=name,
+        )
+    if method == spec.METHOD_DEFLATED and usize > csize * _MAX_DEFLATE_RATIO + 1024:
+        raise FormatError(
+            f"deflated record {name!r} claims to inflate {csize} bytes to {usize}, more than "
+            f"deflate can (about {_MAX_DEFLATE_RATIO}:1): the directory lies",
+            record=name,
+        )
+    if method == spec.METHOD_STORED and csize != usize:
+        raise FormatError(
+            f"stored record {name!r} declares {csize} compressed and {usize} uncompressed bytes",
+            record=name,
+        )
+    if header_offset + spec.LOCAL_HEADER.size + name_len + csize > cd_offset:
+        raise FormatError(
+            f"record {name!r} claims {csize} bytes at offset {header_offset}, past the start "
+            f"of the central directory at {cd_offset}",
+            record=name,
+        )
+
+
+_BULK_MIN_ENTRIES = 64  # smaller directories are read entry by entry (as fast)
+
+
+def _bulk_directory(raw: bytes, count: int, cd_offset: int) -> tuple[list[str], tuple] | None:
+    """The directory of ``count`` plain entries read with NumPy, or None to read it entry by entry.
+
+    Plain: consecutive entries (each where the previous one ends, the first at 0,
+    and no other central-header signature in between), UTF-8 names without NUL
+    bytes, no zip64 values, distinct names, and every check of
+    :func:`_check_entry` and of overlapping records passed. Anything else gives
+    None, and the entry-by-entry reading reports the problem.
+    """
+    header = spec.CENTRAL_HEADER.size
+    if count < _BULK_MIN_ENTRIES or len(raw) < count * header:
+        return None
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    magic = spec.CENTRAL_MAGIC
+    found = buf[:-3] == magic[0]
+    for i in (1, 2, 3):
+        found &= buf[i : len(buf) - 3 + i] == magic[i]
+    starts = np.flatnonzero(found)
+    if len(starts) != count:
+        return None
+
+    def field(at: int, width: int) -> np.ndarray:
+        value = buf[starts + at].astype(np.int64)
+        for i in range(1, width):
+            value |= buf[starts + at + i].astype(np.int64) << (8 * i)
+        return value
+
+    name_len = field(28, 2)
+    ends = starts + header + name_len + field(30, 2) + field(32, 2)
+    if starts[0] != 0 or ends[-1] > len(raw) or not np.array_equal(ends[:-1], starts[1:]):
+        return None
+    flags, method, crc = field(8, 2), field(10, 2), field(16, 4)
+    csize, usize, offset = field(20, 4), field(24, 4), field(42, 4)
+    stored = method == spec.METHOD_STORED
+    deflated = method == spec.METHOD_DEFLATED
+    if ((csize == spec.ZIP64_LIMIT) | (usize == spec.ZIP64_LIMIT) | (offset == spec.ZIP64_LIMIT)).any():
+        return None
+    if not (stored | deflated).all() or (stored & (csize != usize)).any():
+        return None
+    if (deflated & (usize > csize * _MAX_DEFLATE_RATIO + 1024)).any():
+        return None
+    record_end = offset + spec.LOCAL_HEADER.size + name_len + csize
+    if (record_end > cd_offset).any():
+        return None
+    order = np.argsort(offset, kind="stable")
+    if (record_end[order][:-1] > offset[order][1:]).any():
+        return None
+    # All names in one decode: each followed by a NUL, which no name may hold.
+    lengths = name_len + 1
+    out_starts = np.cumsum(lengths) - lengths
+    gather = np.repeat(starts + header - out_starts, lengths) + np.arange(int(lengths.sum()))
+    blob = buf.take(gather, mode="clip")  # the last NUL slot may lie past the directory
+    blob[out_starts + name_len] = 0
+    if np.count_nonzero(blob == 0) != count:
+        return None
+    try:
+        names = blob.tobytes().decode("utf-8").split("\x00")[:-1]
+    except UnicodeDecodeError:
+        return None
+    if len(set(names)) != count:
+        return None
+    columns = tuple(column.tolist() for column in (offset, csize, usize, crc, method, flags, name_len))
+    return names, columns
+
+
 class ZipReader:
     """The records of a zip archive that starts at ``f``'s current position.
 
@@ -323,27 +481,34 @@ class ZipReader:
         self.start = f.tell()
         self.end, cd_offset, cd_size, entries = self._find_end()
         self._cd_offset = cd_offset
-        self._entries = self._read_central_directory(cd_offset, cd_size, entries)
-        first = next(iter(self._entries.values()))
-        self.prefix = first.name.split("/", 1)[0] if "/" in first.name else ""
+        full_names, columns = self._read_central_directory(cd_offset, cd_size, entries)
+        first = full_names[0]
+        self.prefix = first.split("/", 1)[0] if "/" in first else ""
         if not self.prefix:
             raise FormatError(
-                f"the first record {first.name!r} is not inside a folder; torch checkpoints "
+                f"the first record {first!r} is not inside a folder; torch checkpoints "
                 f"keep every record under one top folder such as 'archive/'",
-                record=first.name,
+                record=first,
             )
-        self._records: dict[str, Entry] = {}
-        self._block: tuple[memoryview, int] = (memoryview(b""), 0)  # read-ahead block for small records
         prefix = self.prefix + "/"
-        for full, entry in self._entries.items():
-            if not full.startswith(prefix):
-                raise FormatError(
-                    f"record {full!r} is outside the archive folder {prefix!r}; "
-                    f"every record of a checkpoint must share one top folder",
-                    record=full,
-                )
-            entry.name = full[len(prefix):]
-            self._records[entry.name] = entry
+        cut = len(prefix)
+        names = [full[cut:] for full in full_names]
+        if not all(map(str.startswith, full_names, itertools.repeat(prefix))):
+            full = next(n for n in full_names if not n.startswith(prefix))
+            raise FormatError(
+                f"record {full!r} is outside the archive folder {prefix!r}; "
+                f"every record of a checkpoint must share one top folder",
+                record=full,
+            )
+        #: Record names (without the prefix) in directory order, and where each is in the columns.
+        self._names = names
+        self._index = dict(zip(names, range(len(names))))
+        # One list per directory field (header offset, compressed size, size, CRC-32, method,
+        # flags, name length), indexed like ``_names``: no object per record until asked.
+        self._offsets, self._csizes, self._sizes, self._crcs, self._methods, self._flags, self._name_lengths = columns
+        self._entries: dict[str, Entry] = {}  # made by entry() when first asked for
+        self._columns: tuple[np.ndarray, ...] | None = None  # some columns as arrays (read_records)
+        self._block: tuple[memoryview, int] = (memoryview(b""), 0)  # read-ahead block for small records
 
     # -- locating the archive -------------------------------------------------
 
@@ -453,8 +618,21 @@ class ZipReader:
 
     # -- central directory ----------------------------------------------------
 
-    def _read_central_directory(self, cd_offset: int, cd_size: int, count: int) -> dict[str, Entry]:
+    def _read_central_directory(self, cd_offset: int, cd_size: int, count: int) -> tuple[list[str], tuple]:
+        """The full names and the field columns of the directory's ``count`` entries, all checked.
+
+        A directory of plain entries (UTF-8 names, no zip64 values) is read in one
+        pass of NumPy operations over all entries; any other, and any directory that
+        fails a check there, is read entry by entry, which reports the first problem.
+        """
         raw = self._seek_read(self.start + cd_offset, cd_size, "central directory")
+        bulk = _bulk_directory(raw, count, cd_offset)
+        if bulk is not None:
+            return bulk
+        return self._read_entries(raw, cd_offset, count)
+
+    def _read_entries(self, raw: bytes, cd_offset: int, count: int) -> tuple[list[str], tuple]:
+        cd_size = len(raw)
         entries: dict[str, Entry] = {}
         pos = 0
         header = spec.CENTRAL_HEADER
@@ -485,32 +663,13 @@ class ZipReader:
                 name = name_bytes.decode("cp437")
             if name in entries:
                 raise FormatError(f"record {name!r} appears twice in the archive", record=name)
-            if method not in (spec.METHOD_STORED, spec.METHOD_DEFLATED):
-                raise FormatError(
-                    f"record {name!r} uses zip compression method {method}; only stored (0) and deflated (8) are read",
-                    record=name,
-                )
-            if method == spec.METHOD_DEFLATED and usize > csize * _MAX_DEFLATE_RATIO + 1024:
-                raise FormatError(
-                    f"deflated record {name!r} claims to inflate {csize} bytes to {usize}, more than "
-                    f"deflate can (about {_MAX_DEFLATE_RATIO}:1): the directory lies",
-                    record=name,
-                )
-            if method == spec.METHOD_STORED and csize != usize:
-                raise FormatError(
-                    f"stored record {name!r} declares {csize} compressed and {usize} uncompressed bytes",
-                    record=name,
-                )
-            minimum_end = header_offset + spec.LOCAL_HEADER.size + name_len + csize
-            if minimum_end > cd_offset:
-                raise FormatError(
-                    f"record {name!r} claims {csize} bytes at offset {header_offset}, past the start "
-                    f"of the central directory at {cd_offset}",
-                    record=name,
-                )
+            _check_entry(name, method, csize, usize, header_offset, name_len, cd_offset)
             entries[name] = Entry(name, header_offset, csize, usize, crc, method, flags, name_len)
         self._check_overlaps(entries)
-        return entries
+        ordered = list(entries.values())
+        columns = tuple([getattr(e, field) for e in ordered] for field in
+                        ("header_offset", "compressed_size", "size", "crc32", "method", "flags", "name_length"))
+        return list(entries), columns
 
     @staticmethod
     def _apply_zip64(extra: bytes, usize: int, csize: int, offset: int, index: int):
@@ -553,21 +712,33 @@ class ZipReader:
 
     def names(self) -> list[str]:
         """Record names without the prefix, in central-directory order."""
-        return list(self._records)
+        return list(self._names)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._records
+        return name in self._index
 
     def entry(self, name: str) -> Entry:
         """The entry of record ``name``; FormatError when it does not exist."""
-        try:
-            return self._records[name]
-        except KeyError:
-            raise FormatError(
-                f"record {self.prefix}/{name} is missing from the archive; the file is "
-                f"truncated or was not written completely",
-                record=name,
-            ) from None
+        entry = self._entries.get(name)
+        if entry is None:
+            i = self._index.get(name)
+            if i is None:
+                raise FormatError(
+                    f"record {self.prefix}/{name} is missing from the archive; the file is "
+                    f"truncated or was not written completely",
+                    record=name,
+                )
+            entry = self._entries[name] = Entry(name, self._offsets[i], self._csizes[i], self._sizes[i],
+                                                self._crcs[i], self._methods[i], self._flags[i],
+                                                self._name_lengths[i])
+        return entry
+
+    def size(self, name: str) -> int:
+        """The size in bytes of record ``name``'s content; FormatError when it does not exist."""
+        i = self._index.get(name)
+        if i is None:
+            self.entry(name)  # raises
+        return self._sizes[i]
 
     def data_offset(self, name: str) -> int:
         """Absolute offset of the first data byte of record ``name``."""
@@ -640,6 +811,102 @@ class ZipReader:
             readinto_exact(self._f, chunk, f"record {name}")
             crc = _crc32(chunk, crc)
         self.check_crc(name, crc)
+
+    def read_records(self, names: list[str], *, verify: bool = False, sizes: list[int] | None = None,
+                     on_read: Callable[[int], object] | None = None) -> list[np.ndarray]:
+        """The content of each record of ``names``, each in an array of its own (uint8, writable).
+
+        What :meth:`readinto` gives record by record, for many records at once:
+        small stored records (up to 64 KiB) are copied out of blocks of up to
+        4 MiB, each read once (:meth:`_read_blocks`), so records that lie one
+        after another (as torch writes them) cost one read for thousands; the
+        local header of each is checked as :meth:`data_offset` checks it. Any
+        other record (large, deflated, missing, or whose header is not as
+        expected) goes through :meth:`readinto`, which reports any problem.
+        With ``verify``, each record's CRC-32 is checked. With ``sizes``,
+        ValueError (before any read) unless every record exists and holds that
+        many bytes. ``on_read`` is called with the byte count of each block or
+        record read (progress).
+        """
+        index = self._index
+        try:
+            rows = [index[name] for name in names]
+        except KeyError:
+            if sizes is not None:
+                raise ValueError("a record is missing") from None
+            rows = [index.get(name, -1) for name in names]
+        if sizes is not None:
+            declared = self._sizes
+            if [declared[i] for i in rows] != sizes:
+                raise ValueError("records of other sizes than expected")
+        out: list[np.ndarray | None] = [None] * len(names)
+        self._read_blocks(rows, out, on_read)
+        for k, data in enumerate(out):
+            name = names[k]
+            if data is None:
+                data = out[k] = np.empty(self.size(name), dtype=np.uint8)
+                self.readinto(name, data, verify=verify)
+                if on_read is not None:
+                    on_read(data.nbytes)
+            elif verify:
+                self.check_crc(name, _crc32(data))
+        return out  # type: ignore[return-value]
+
+    def _read_blocks(self, rows: list[int], out: list, on_read: Callable[[int], object] | None) -> None:
+        """Fill ``out[k]`` for each small stored record ``rows[k]`` found where its header says.
+
+        The records are taken in file order and read in blocks of up to 4 MiB;
+        each local header's signature and method are checked, and its data must
+        lie in the block (so before the central directory). Records that are not
+        found so are left as None.
+        """
+        if self._columns is None:
+            self._columns = tuple(np.asarray(column, dtype=np.int64) for column in
+                                  (self._offsets, self._sizes, self._methods, self._name_lengths))
+        offsets, sizes, methods, name_lengths = self._columns
+        rows_a = np.asarray(rows, dtype=np.int64)
+        known = rows_a >= 0
+        rows_a = np.where(known, rows_a, 0)
+        size = sizes[rows_a]
+        small = np.flatnonzero(known & (size <= _SMALL_RECORD) & (methods[rows_a] == spec.METHOD_STORED))
+        if not len(small):
+            return
+        start = offsets[rows_a[small]]
+        order = np.argsort(start, kind="stable")
+        small, start, size = small[order], start[order], size[small[order]]
+        header = spec.LOCAL_HEADER.size
+        need = np.minimum(start + header + name_lengths[rows_a[small]] + _SMALL_EXTRA + size, self._cd_offset)
+        reach = np.maximum.accumulate(need)
+        f = self._f
+        first = 0
+        while first < len(small):
+            block_start = int(start[first])
+            last = max(int(np.searchsorted(reach, block_start + _BLOCK, side="right")), first + 1)
+            f.seek(self.start + block_start)
+            block = np.frombuffer(f.read(int(reach[last - 1]) - block_start), dtype=np.uint8)
+            at = start[first:last] - block_start
+            fits = at + header <= len(block)
+            at_ok = np.where(fits, at, 0)
+            if len(block) < header:
+                first = last
+                continue
+
+            def field(offset: int, width: int) -> np.ndarray:
+                value = block[at_ok + offset].astype(np.int64)
+                for i in range(1, width):
+                    value |= block[at_ok + offset + i].astype(np.int64) << (8 * i)
+                return value
+
+            data_at = at_ok + header + field(26, 2) + field(28, 2)
+            good = (fits & (field(0, 4) == _LOCAL_MAGIC_U32) & (field(8, 2) == spec.METHOD_STORED)
+                    & (data_at + size[first:last] <= len(block)))
+            picked = np.flatnonzero(good)
+            for k, a, n in zip(small[first:last][picked].tolist(), data_at[picked].tolist(),
+                               size[first:last][picked].tolist()):
+                out[k] = block[a : a + n].copy()
+            if on_read is not None:
+                on_read(int(size[first:last][picked].sum()))
+            first = last
 
     def _read_small(self, entry: Entry, view: memoryview) -> bool:
         """Copy a small record out of a block read ahead of it (most records are small).

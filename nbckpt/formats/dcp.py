@@ -32,7 +32,6 @@ Reading a DCP folder here:
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from typing import Any
@@ -43,11 +42,12 @@ from ..devices import DeviceMap
 from ..errors import CheckpointError, FormatError, UnpicklingError
 from ..format import spec
 from ..format.checkpoint import open_zip_checkpoint
+from ..io.ranges import RangeFile
 from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef, contiguous_strides
 from .dcp_layout import Chunk, DcpLayout, ObjectEntry, TensorEntry, check_layout
 from .dcp_metadata import METADATA_LIMIT, read_metadata
 
-__all__ = ["DcpReader", "DcpSource", "FileWindow", "open_layout", "read_chunk", "read_object",
+__all__ = ["DcpReader", "DcpSource", "open_layout", "read_chunk", "read_object",
            "assemble", "nest", "is_dcp_folder", "METADATA_FILE"]
 
 #: The file that makes a folder a DCP checkpoint.
@@ -80,48 +80,17 @@ def open_layout(folder: str) -> DcpLayout:
     return check_layout(folder, read_metadata(data))
 
 
-class FileWindow(io.RawIOBase):
-    """``length`` bytes of an open file from ``offset``, as a seekable file of their own.
+def _window(folder: str, region: Any) -> RangeFile:
+    """The region of a data file as a file of its own (closing it closes the data file).
 
-    Each chunk is read through a window, so a corrupt chunk stream can never
-    make a reader see the bytes of the next one.
+    Each chunk and object is read through one, so a corrupt chunk stream can never make a
+    reader see the bytes of the next one (see :mod:`nbckpt.io.ranges`).
     """
-
-    def __init__(self, f: Any, offset: int, length: int) -> None:
-        super().__init__()
-        self._f, self._start, self._length, self._pos = f, offset, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._length - self._pos))
-        if n == 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        got = self._f.readinto(view[:n])
-        self._pos += got or 0
-        return got or 0
-
-
-def _window(folder: str, region: Any):
     f = open(os.path.join(folder, *region.file.split("/")), "rb", buffering=0)
-    return f, FileWindow(f, region.offset, region.length)
+    return RangeFile(f, region.length, region.file, offset=region.offset)
 
 
-def _load_stream(window: FileWindow, map_location: Any = "cpu", *, weights_only: bool = True) -> Any:
+def _load_stream(window: RangeFile, map_location: Any = "cpu", *, weights_only: bool = True) -> Any:
     """The object of the torch.save stream in ``window``, through its format's reader."""
     from .sniff import open_reader
 
@@ -142,7 +111,7 @@ class _Into:
         return self._bytes
 
 
-def _read_stream_into(window: FileWindow, chunk: Chunk, dtype: Any, out: np.ndarray | None) -> np.ndarray:
+def _read_stream_into(window: RangeFile, chunk: Chunk, dtype: Any, out: np.ndarray | None) -> np.ndarray:
     """A chunk's torch.save stream: read straight into ``out`` when the file holds exactly its bytes."""
     from .sniff import open_reader
 
@@ -160,11 +129,11 @@ def _read_stream_into(window: FileWindow, chunk: Chunk, dtype: Any, out: np.ndar
         reader.close()
 
 
-def _refuse_safetensors_variant(f: Any, chunk: Chunk) -> None:
+def _refuse_safetensors_variant(folder: str, chunk: Chunk) -> None:
     """DCP's ``SerializationFormat.SAFETENSORS`` writes whole safetensors files whose regions do not
     locate the data (they would be read as the header): refuse them rather than read wrong bytes."""
-    f.seek(0)
-    head = f.read(9)
+    with open(os.path.join(folder, *chunk.region.file.split("/")), "rb") as f:
+        head = f.read(9)  # the data file's own start, wherever the region lies
     if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < (1 << 27):
         raise FormatError(
             f"{chunk.region.file} is a safetensors file (DCP's SerializationFormat.SAFETENSORS, written for "
@@ -180,13 +149,12 @@ def read_chunk(folder: str, chunk: Chunk, dtype: Any, out: np.ndarray | None = N
     bytes; either way its dtype and shape must be the chunk's. A stream that
     holds exactly the chunk's bytes, in C order, is read straight into ``out``.
     """
-    f, window = _window(folder, chunk.region)
-    with f:
+    with _window(folder, chunk.region) as window:
         head = window.read(4)
         window.seek(0)
         nbytes = chunk.numel * dtype.itemsize
         if head != spec.LOCAL_MAGIC:
-            _refuse_safetensors_variant(f, chunk)
+            _refuse_safetensors_variant(folder, chunk)
             if chunk.region.length != nbytes:
                 raise FormatError(
                     f"the chunk at {chunk.offsets} in {chunk.region.file} is neither a torch.save stream nor "
@@ -226,8 +194,7 @@ def assemble(layout: DcpLayout, entry: TensorEntry, out: np.ndarray) -> np.ndarr
 def read_object(layout: DcpLayout, entry: ObjectEntry, *, map_location: Any = None,
                 weights_only: bool = True) -> Any:
     """A non-tensor entry, loaded from its torch.save stream (through the safe VM by default)."""
-    f, window = _window(layout.folder, entry.region)
-    with f:
+    with _window(layout.folder, entry.region) as window:
         try:
             return _load_stream(window, map_location, weights_only=weights_only)
         except (UnpicklingError, FormatError) as err:
@@ -448,8 +415,7 @@ class DcpReader:
         """The pickles of the object entries (``.metadata`` is read with DCP's classes only)."""
         found = []
         for entry in self.layout.objects.values():
-            f, window = _window(self.layout.folder, entry.region)
-            with f:
+            with _window(self.layout.folder, entry.region) as window:
                 found.append(open_zip_checkpoint(window).data_pkl)
         return found
 

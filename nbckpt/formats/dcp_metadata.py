@@ -79,7 +79,21 @@ def _fields(obj: Any, state: Any, names: tuple[str, ...]) -> None:
             object.__setattr__(obj, name, state[name])
 
 
-class ChunkStorageMetadata:
+class _Fields:
+    """Base of the classes below: every instance has all its fields, at their defaults until set.
+
+    A pickle may make an object with NEWOBJ (``cls.__new__``, no ``__init__``) and never BUILD it;
+    the reader must then find defaults (and refuse them where they mean nothing), not a missing
+    attribute.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = super().__new__(cls)
+        cls.__init__(obj)
+        return obj
+
+
+class ChunkStorageMetadata(_Fields):
     """One chunk of a tensor: where it starts (``offsets``) and how big it is (``sizes``)."""
 
     def __init__(self, offsets: tuple[int, ...] = (), sizes: tuple[int, ...] = ()) -> None:
@@ -101,7 +115,7 @@ class MemFormatEncoding(enum.Enum):
     TORCH_PRESERVE_FORMAT = 2
 
 
-class TensorProperties:
+class TensorProperties(_Fields):
     """A tensor's dtype (here: torch's name, ``"float32"``) and its deprecated layout fields."""
 
     def __init__(self, dtype: str = "float32", layout: str = "torch.strided", requires_grad: bool = False,
@@ -136,7 +150,7 @@ def _dtype_name(value: Any) -> Any:
     return value
 
 
-class TensorStorageMetadata:
+class TensorStorageMetadata(_Fields):
     """A tensor's properties, global size and chunks."""
 
     def __init__(self, properties: TensorProperties | None = None, size: tuple[int, ...] = (),
@@ -152,7 +166,7 @@ class TensorStorageMetadata:
         return f"TensorStorageMetadata({self.properties!r}, size={self.size}, {len(self.chunks)} chunks)"
 
 
-class BytesStorageMetadata:
+class BytesStorageMetadata(_Fields):
     """A non-tensor entry: a ``torch.save`` stream of any object."""
 
     def __setstate__(self, state: Any) -> None:
@@ -162,7 +176,7 @@ class BytesStorageMetadata:
         return "BytesStorageMetadata()"
 
 
-class StorageMeta:
+class StorageMeta(_Fields):
     """Who saved the checkpoint (informational)."""
 
     def __init__(self, checkpoint_id: Any = None, save_id: str | None = None, load_id: str | None = None,
@@ -175,7 +189,7 @@ class StorageMeta:
         _fields(self, state, ("checkpoint_id", "save_id", "load_id", "modules"))
 
 
-class Metadata:
+class Metadata(_Fields):
     """The whole ``.metadata``: see the module docstring."""
 
     def __init__(self, state_dict_metadata: dict | None = None, planner_data: Any = None,
@@ -190,7 +204,7 @@ class Metadata:
         _fields(self, state, ("state_dict_metadata", "planner_data", "storage_data", "storage_meta", "version"))
 
 
-class MetadataIndex:
+class MetadataIndex(_Fields):
     """A key of ``storage_data``: a flat name and, for a tensor chunk, its offsets.
 
     Equal and hashed on ``(fqn, offset)``; ``index`` is only a hint, as in torch.
@@ -221,7 +235,7 @@ class MetadataIndex:
         return f"MetadataIndex({self.fqn!r}, offset={self.offset})"
 
 
-class StorageInfo:
+class StorageInfo(_Fields):
     """DCP's ``_StorageInfo``: where an entry's bytes are (file relative to the folder, offset, length)."""
 
     def __init__(self, relative_path: str = "", offset: int = 0, length: int = 0,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backends import HOST
 from ..devices import DeviceMap
-from ..errors import FormatError
+from ..errors import CheckpointError, FormatError
 from ..format import dtypes as torch_dtypes
 from ..format import legacy as spec
 from ..format.container import readinto_exact
@@ -82,7 +82,7 @@ class _FillLaterMaterializer(StorageMaterializer):
     def defer_until_filled(self, array: Any, compute: Callable[[Any], Any]) -> Any:
         """An array of ``compute(array)``'s shape now; its values once the data is read."""
         result = compute(array)  # right shape, dtype and device; values come later
-        self._deferred.append(lambda: result.__setitem__(Ellipsis, compute(array)))
+        self._deferred.append(lambda: _refill(result, compute(array)))
         return result
 
     def fill(self, key: str, stream, nbytes: int, skip: bool) -> None:
@@ -129,6 +129,33 @@ class _FillLaterMaterializer(StorageMaterializer):
 
     def budget_for(self, nbytes_left: int) -> None:
         self._budget = nbytes_left
+
+
+def _refill(result: Any, fresh: Any) -> None:
+    """Copy ``fresh``'s values into ``result``, writing each storage element they cover once.
+
+    Both come from :func:`nbckpt.pickling.rebuild.transform_covered` of one view, so
+    they have one layout over a buffer of ``covered`` elements. ``result[...] = fresh``
+    would write every *element of the view*: 2**36 writes for a stride-0 view of
+    2**36 elements over one value (minutes, from a few hundred bytes of file). The
+    buffer is written instead, as the zip path computes it: bounded by the file's
+    real content.
+    """
+    itemsize = result.dtype.itemsize
+    strides = result.strides
+    if (result.size == 0 or itemsize == 0 or fresh.strides != strides
+            or any(s < 0 or s % itemsize for s in strides)):
+        result[...] = fresh
+        return
+    covered = 1 + sum((n - 1) * s for n, s in zip(result.shape, strides)) // itemsize
+    if covered >= result.size:  # no element repeats: the view is as small as its buffer
+        result[...] = fresh
+        return
+    import importlib
+
+    stride_tricks = importlib.import_module(type(result).__module__.split(".")[0]).lib.stride_tricks
+    target = stride_tricks.as_strided(result, shape=(covered,), strides=(itemsize,))
+    target[...] = stride_tricks.as_strided(fresh, shape=(covered,), strides=(itemsize,))
 
 
 def shown_int(n: int) -> str:
@@ -280,8 +307,8 @@ def load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str
 
 
 def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: str, skip_data: bool,
-              recorder: Any) -> Any:
-    options = dict(weights_only=weights_only, encoding=encoding)
+              recorder: Any, seen: list[bytes] | None = None) -> Any:
+    options: dict[str, Any] = dict(weights_only=weights_only, encoding=encoding, seen=seen)
     with tarfile.open(fileobj=_Bounded(stream), mode="r:", format=tarfile.PAX_FORMAT) as tar:
         if recorder is not None:
             tar.fileobject = _Unbuffered  # listing must not read ahead into the storages' data
@@ -347,8 +374,10 @@ def _load_tar(stream, device_map: DeviceMap, *, weights_only: bool, encoding: st
 
         pickle_member = tar.extractfile(members["pickle"])
         data = spec.read_pickle_bytes(pickle_member, members["pickle"].size, "object pickle")
+        if seen is not None:
+            seen.append(data)
         result = run_unpickler(data, rebuilder, persistent_load=persistent_load, materializer=materializer,
-                               **options)
+                               weights_only=weights_only, encoding=encoding)
         return materializer.fill_deferred(result)
 
 
@@ -424,8 +453,11 @@ def _count(value: Any, what: str) -> int:
     return value
 
 
-def _member_pickle(member, end: int, what: str, *, weights_only: bool, encoding: str) -> Any:
+def _member_pickle(member, end: int, what: str, *, weights_only: bool, encoding: str,
+                   seen: list[bytes] | None = None) -> Any:
     data = spec.read_pickle_bytes(member, end, what)
+    if seen is not None:  # tar_pickles: what the scan reads is what runs, kept before it runs
+        seen.append(data)
     return run_unpickler(data, Rebuilder(_NoStorages(), legacy=True), weights_only=weights_only,
                          encoding=encoding)
 
@@ -438,11 +470,37 @@ def stream_pickles(stream) -> list[bytes]:
 
 
 def tar_pickles(stream) -> list[bytes]:
-    """The object pickle of a 0.1–0.3 tar checkpoint, read without running it."""
+    """Every pickle a load of this 0.1–0.3 tar checkpoint runs, read without running the hostile ones.
+
+    The ``storages`` and ``tensors`` members are sequences of pickles too (counts,
+    headers, views), and a load runs each of them: ``scan`` must read every one, from
+    the very members and offsets the load reads. So this *is* the load's own walk
+    (:func:`_load_tar` over a recorder, which reads no array data) with each pickle's
+    bytes kept before it runs, every pickle run with ``weights_only=True``: the walk
+    stops at the first pickle the loader refuses (a load stops there too), and that
+    pickle is already in the list. The object pickle is added when the walk stopped
+    before it, so that a scan still shows what it names.
+    """
+    from .recording import RecordingMaterializer
+
+    seen: list[bytes] = []
+    start = stream.tell()
+    try:
+        _load_tar(stream, DeviceMap.parse("cpu"), weights_only=True, encoding="utf-8", skip_data=True,
+                  recorder=RecordingMaterializer(), seen=seen)
+        return seen
+    except (CheckpointError, tarfile.TarError, EOFError):
+        pass  # the walk stopped where a load would: what it read so far is scanned
+    stream.seek(start)
     try:
         with tarfile.open(fileobj=_Bounded(stream), mode="r:") as tar:
             # The member load runs: the last *regular file* named pickle (as _load_tar picks it).
-            member = {m.name: m for m in tar.getmembers() if m.isfile()}["pickle"]
-            return [spec.read_pickle_bytes(tar.extractfile(member), member.size, "object pickle")]
-    except (tarfile.TarError, KeyError) as err:
-        raise FormatError(f"corrupt legacy tar checkpoint: {err}") from None
+            member = {m.name: m for m in tar.getmembers() if m.isfile()}.get("pickle")
+            if member is not None:
+                data = spec.read_pickle_bytes(tar.extractfile(member), member.size, "object pickle")
+                if data not in seen:
+                    seen.append(data)
+    except (CheckpointError, tarfile.TarError, EOFError) as err:
+        if not seen:
+            raise FormatError(f"corrupt legacy tar checkpoint: {err}") from None
+    return seen

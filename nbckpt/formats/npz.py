@@ -16,7 +16,9 @@ import math
 import mmap as mmap_module
 import struct
 import sys
+import tokenize
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -65,8 +67,8 @@ class NpzReader:
         self.source = target.source
         try:
             self._zip = zipfile.ZipFile(self._stream)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
-            raise FormatError(f"corrupt .npz archive: {err}") from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:
+            raise FormatError(f"corrupt .npz archive: {err}") from None  # NotImplemented: a zip version
         self._members: dict[str, _Member] = {}
         for info in self._zip.infolist():
             if not info.filename.endswith(".npy"):
@@ -84,6 +86,9 @@ class NpzReader:
 
     def _read_header(self, info: zipfile.ZipInfo) -> _Member:
         what = f"member {info.filename}"
+        if info.flag_bits & 0x1:  # zipfile would ask for a password (RuntimeError); NumPy never encrypts
+            raise FormatError(f".npz {what} is marked encrypted; an .npz NumPy writes never is: the file is "
+                              f"corrupt (or not made by np.savez)", record=info.filename)
         stored = info.compress_type == zipfile.ZIP_STORED
         try:
             if stored:  # read the header in place: zipfile would read ahead into the data
@@ -101,7 +106,7 @@ class NpzReader:
                     shape, fortran, dtype, header_size = _npy_header(member, what)
         except FormatError:
             raise
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, struct.error, SyntaxError) as err:
+        except _BAD_HEADER as err:
             raise FormatError(f"corrupt .npz {what}: {err}", record=info.filename) from None
         if dtype.hasobject:
             raise FormatError(
@@ -152,7 +157,7 @@ class NpzReader:
                 with self._zip.open(member.info) as f:  # zipfile checks the CRC-32 at the end
                     while f.read(1 << 20):
                         pass
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            except _CORRUPT_MEMBER as err:
                 report.problems.append(Problem(member.info.filename, str(err)))
 
     def pickles(self) -> list[bytes]:
@@ -190,12 +195,27 @@ class _NpzSource:
             stream.seek(member.data_offset)
             readinto_exact(stream, host, f".npz member {key}")
         else:
-            with self._reader._zip.open(member.info) as f:
-                f.seek(member.header_size)
-                readinto_exact(f, host, f".npz member {key}")
+            try:
+                with self._reader._zip.open(member.info) as f:
+                    f.seek(member.header_size)
+                    readinto_exact(f, host, f".npz member {key}")
+            except FormatError:
+                raise
+            except _CORRUPT_MEMBER as err:  # a corrupt compressed stream, a CRC that does not match
+                raise FormatError(f"corrupt .npz member {key}: {err}", record=key) from None
         if member.swapped:
             swap_to_native(host, member.dtype)
         return host
+
+
+#: What zipfile, its decompressors and NumPy's .npy header parser raise on a corrupt member
+#: (an unknown compression method is NotImplementedError; a header that is not a Python
+#: literal can fail in ``tokenize`` before ``ast.literal_eval`` sees it).
+_CORRUPT_MEMBER = (ValueError, OSError, EOFError, zipfile.BadZipFile, struct.error, SyntaxError,
+                   NotImplementedError, tokenize.TokenError, zlib.error)
+#: ... and, reading a header, NumPy's own checks of the header dict (``sorted`` of its keys
+#: raises TypeError when a key is not a str).
+_BAD_HEADER = _CORRUPT_MEMBER + (TypeError,)
 
 
 def _npy_header(f: Any, what: str) -> tuple[tuple, bool, np.dtype, int]:

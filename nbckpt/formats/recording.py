@@ -22,11 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..devices import check_saved_tag
 from ..errors import FormatError
 from ..format import dtypes as torch_dtypes
 from .base import ArrayRef, StorageRef
 
-__all__ = ["RecordingMaterializer", "SPARSE_PART_NAMES", "as_array_ref"]
+__all__ = ["RecordingMaterializer", "SPARSE_PART_NAMES", "as_array_ref", "holds_array"]
 
 #: The parts a sparse tensor is listed as (``name.values``...), per layout.
 SPARSE_PART_NAMES = {
@@ -38,10 +39,55 @@ SPARSE_PART_NAMES = {
 }
 
 
+#: Byte offsets and strides must fit NumPy's intp, as ``np.ndarray(...)`` checks when a load
+#: builds the view (a 2**62-element stride is 2**64 bytes of float32).
+_INTP_LIMIT = 2**63
+
+
+# The stand-ins are unhashable because what they stand for is: a load refuses a tensor
+# used as a dict key or set item (NumPy arrays are unhashable), so the listing, open and
+# verify, which run the same pickle over these, must refuse it at the same opcode.
+
+class _RecordedArray(ArrayRef):
+    """An :class:`ArrayRef` that, like the array it describes, cannot be hashed."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+    def conj(self) -> "_RecordedArray":
+        _check_ufunc(np.conjugate, self.dtype)
+        return _RecordedArray(self.storage, self.dtype, self.offset, self.shape, self.strides, self.transforms + ("conj",))
+
+    def __neg__(self) -> "_RecordedArray":
+        _check_ufunc(np.negative, self.dtype)
+        return _RecordedArray(self.storage, self.dtype, self.offset, self.shape, self.strides, self.transforms + ("neg",))
+
+
+def _check_ufunc(ufunc: Any, dtype: np.dtype) -> None:
+    """FormatError where NumPy cannot apply ``ufunc`` to ``dtype`` (``-`` of a bool array).
+
+    The eager load applies it when the pickle asks (a TypeError there, refused); the
+    listing only records it, and would fail later, untyped, when the array is read.
+    Trying it on an empty array of the dtype gives NumPy's own answer.
+    """
+    try:
+        ufunc(np.empty(0, dtype))
+    except TypeError as err:
+        raise FormatError(f"invalid pickle: {err}", record="data.pkl") from None
+
+
+class _RecordedStorage(StorageRef):
+    """A :class:`StorageRef` that cannot be hashed (a storage saved on its own loads as an array)."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+
 class _StorageSlice:
     """A legacy storage view: ``base`` bytes into ``root`` (arrays on it are recorded on the root)."""
 
     __slots__ = ("root", "base", "nbytes", "dtype")
+    __hash__ = None  # type: ignore[assignment]
 
     def __init__(self, root: StorageRef, base: int, nbytes: int, dtype: torch_dtypes.TorchDtype) -> None:
         self.root, self.base, self.nbytes, self.dtype = root, base, nbytes, dtype
@@ -61,6 +107,65 @@ def as_array_ref(obj: Any) -> ArrayRef | None:
         dtype = obj.dtype.numpy
         return ArrayRef(obj.root, dtype, obj.base, (obj.nbytes // dtype.itemsize,), (dtype.itemsize,))
     return None
+
+
+def holds_array(obj: Any) -> bool:
+    """Whether ``obj`` holds an array (a stand-in of one) anywhere inside it, attributes included.
+
+    A listing walks dicts, lists and tuples by their keys; an array elsewhere (an
+    attribute an OrderedDict got by BUILD, an allowlisted class's attribute, a set)
+    would be left out of the listing and shown as an internal object among the
+    values. ``nbckpt.open`` asks this of every value and refuses those that hold one.
+    Each object is visited once (a memo "billion laughs" costs its size, not 2**40).
+    """
+    from ..meta import MetaArray
+
+    stand_ins = (ArrayRef, StorageRef, _StorageSlice, MetaArray)
+    plain = (list, tuple, dict, set, frozenset)  # exactly these types have no attributes
+    atoms = frozenset({str, bytes, int, float, complex, bool, type(None)})
+    sequences = frozenset({list, tuple, set, frozenset})
+    seen: set[int] = set()
+    stack = [obj]
+    pop, extend = stack.pop, stack.extend
+    while stack:  # the plain containers first and cheaply: this walks every value of a listing
+        item = pop()
+        kind = type(item)
+        if kind in atoms:
+            continue
+        if kind in sequences:
+            key = id(item)
+            if key not in seen:
+                seen.add(key)
+                extend(item)
+            continue
+        if isinstance(item, stand_ins):
+            return True
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            stack.extend(dict.keys(item))
+            stack.extend(dict.values(item))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        if kind in plain:
+            continue
+        try:  # never getattr: an allowlisted class's __getattr__ or properties are its own code
+            attributes = object.__getattribute__(item, "__dict__")
+        except (AttributeError, TypeError):
+            attributes = None
+        if type(attributes) is dict:
+            stack.extend(attributes.values())
+        for cls in type(item).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if isinstance(name, str) and name.startswith("__") and not name.endswith("__"):
+                    name = f"_{cls.__name__.lstrip('_')}{name}"  # a private slot is stored mangled
+                try:
+                    stack.append(object.__getattribute__(item, name))
+                except (AttributeError, TypeError):
+                    pass
+    return False
 
 
 class RecordingMaterializer:
@@ -83,6 +188,9 @@ class RecordingMaterializer:
 
     def storage(self, key: str, dtype: torch_dtypes.TorchDtype, numel: int, location: str,
                 untyped: bool = False) -> StorageRef:
+        # A location no device can have is refused here, before any array is read: the
+        # eager load refuses it when it places the storage (with the default map_location).
+        check_saved_tag(location)
         if self._size_of is not None:
             size = self._size_of(key)
             if size != numel * dtype.itemsize:
@@ -100,7 +208,7 @@ class RecordingMaterializer:
                     f"storage {key!r} declares {shown_int(nbytes)} bytes, but only {self._budget} bytes of "
                     f"the file are left for storage data: the file is truncated or lies")
             self._budget -= nbytes
-        ref = StorageRef(key, dtype, numel, location, untyped, self._shard)
+        ref = _RecordedStorage(key, dtype, numel, location, untyped, self._shard)
         self.storages[key] = (ref, dtype, numel)
         return ref
 
@@ -112,12 +220,53 @@ class RecordingMaterializer:
     def view(self, storage: Any, dtype: np.dtype, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...]) -> ArrayRef:
         if isinstance(storage, _StorageSlice):
-            return ArrayRef(storage.root, dtype, storage.base + offset, shape, strides)
-        return ArrayRef(storage, dtype, offset, shape, strides)
+            storage, offset = storage.root, storage.base + offset
+        if offset >= _INTP_LIMIT or any(s >= _INTP_LIMIT for s in strides):
+            # What np.ndarray refuses ("Maximum allowed dimension exceeded") when a load
+            # builds this view: refused here too, typed, so that open and verify agree.
+            raise FormatError(f"array byte stride {strides} or offset {offset} does not fit a 64-bit index",
+                              record=f"data/{storage.key}")
+        return _RecordedArray(storage, dtype, offset, shape, strides)
+
+    # -- the batched forms (see nbckpt.materialize.Materializer; the fast path of flat dicts) ----
+
+    def storages(self, requests: list[tuple]) -> list[StorageRef]:
+        """``[self.storage(*request) for request in requests]``, each distinct location checked once."""
+        if self._budget is not None or self._size_of is None or type(self).storage is not RecordingMaterializer.storage:
+            return [self.storage(*request) for request in requests]
+        size_of, shard, storages = self._size_of, self._shard, self.storages
+        checked: set[str] = set()
+        made = []
+        for key, dtype, numel, location, untyped in requests:
+            if location not in checked:
+                check_saved_tag(location)
+                checked.add(location)
+            if size_of(key) != numel * dtype.itemsize:
+                return [self.storage(*request) for request in requests]  # which reports it
+            ref = _RecordedStorage(key, dtype, numel, location, untyped, shard)
+            storages[key] = (ref, dtype, numel)
+            made.append(ref)
+        return made
+
+    def views(self, requests: list[tuple]) -> list[ArrayRef]:
+        """``[self.view(*request) for request in requests]``, each distinct strides tuple checked once."""
+        if type(self).view is not RecordingMaterializer.view:
+            return [self.view(*request) for request in requests]
+        fitting: set[tuple] = set()
+        made = []
+        for storage, dtype, offset, shape, strides in requests:
+            if strides not in fitting:
+                if type(storage) is _StorageSlice or offset >= _INTP_LIMIT or any(s >= _INTP_LIMIT for s in strides):
+                    return [self.view(*request) for request in requests]  # which reports it
+                fitting.add(strides)
+            elif type(storage) is _StorageSlice or offset >= _INTP_LIMIT:
+                return [self.view(*request) for request in requests]
+            made.append(_RecordedArray(storage, dtype, offset, shape, strides))
+        return made
 
     def empty(self, storage: Any, dtype: np.dtype, shape: tuple[int, ...]) -> ArrayRef:
         root = storage.root if isinstance(storage, _StorageSlice) else storage
-        return ArrayRef(root, dtype, 0, shape, None)
+        return _RecordedArray(root, dtype, 0, shape, None)
 
     def defer_until_filled(self, array: Any, compute: Callable[[Any], Any]) -> Any:
         """An ArrayRef records conj/neg itself: compute now."""

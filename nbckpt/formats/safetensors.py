@@ -109,6 +109,12 @@ def parse_header(raw: bytes, data_size: int) -> tuple[dict[str, tuple[torch_dtyp
             raise FormatError(f"safetensors tensor {name!r} has data_offsets {offsets!r:.200}, expected "
                               f"[begin, end] with 0 <= begin <= end", record=name)
         begin, end = offsets
+        # An array must be representable even when empty: NumPy refuses (ValueError) a shape
+        # whose non-zero extents multiply past a 64-bit index, as the pickle formats do.
+        extent = math.prod(n for n in shape if n) * dtype.itemsize
+        if extent >= 2**63:
+            raise FormatError(f"safetensors tensor {name!r} has shape {shape!r:.200}: no array of that shape can "
+                              f"be represented (more than 2**63 bytes)", record=name)
         nbytes = math.prod(shape) * dtype.itemsize
         if end - begin != nbytes:
             raise FormatError(

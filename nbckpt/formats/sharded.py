@@ -29,8 +29,9 @@ from ..devices import DeviceMap
 from ..errors import CheckpointError, FormatError
 from ..format import dtypes as torch_dtypes
 from ..materialize import read_flat
+from ..text import escape  # shard names come from the index: no newline of theirs starts a line
 from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef
-from .sniff import find_index, open_reader
+from .sniff import Target, find_index, reader_class, sniff_stream
 
 __all__ = ["ShardedReader", "INDEX_LIMIT", "shard_path"]
 
@@ -56,9 +57,25 @@ def shard_path(folder: str, name: Any) -> str:
     path = os.path.realpath(os.path.join(root, name))
     if os.path.isabs(name) or os.path.commonpath([root, path]) != root or path == root:
         raise FormatError(
-            f"the index names shard {name!r}, which is outside its folder {folder}: shards must be files "
+            f"the index names shard {name!r}, which is outside its folder {escape(folder)}: shards must be files "
             f"next to the index. The index is corrupt or hostile; nothing was read.", record="weight_map")
     return os.path.join(folder, name)
+
+
+def _open_shard(shard: str, path: str, weights_only: bool) -> Any:
+    """The reader of one shard file; FormatError if it is itself an index (a shard holds arrays:
+    an index naming an index, or itself, would be opened again and again)."""
+    target = Target(open(path, "rb"), True, path, path)  # noqa: SIM115 - the reader closes it
+    try:
+        fmt = sniff_stream(target.stream, path=path)
+        if fmt == "sharded":
+            raise FormatError(f"shard {escape(shard)} is a sharded checkpoint's index (JSON), not a checkpoint "
+                              f"file: a shard holds arrays (safetensors, torch or npz). The index is corrupt or "
+                              f"hostile.", record=shard)
+        return reader_class(fmt)(target, weights_only=weights_only)  # the file opened once, as open_reader does
+    except BaseException:
+        target.close()
+        raise
 
 
 class ShardedReader:
@@ -95,9 +112,21 @@ class ShardedReader:
         self._refs: dict[str, Any] = {}
         self._inner: dict[str, tuple[str, str]] = {}  # storage key -> (shard, key in the shard)
         self._byteorders: dict[str, str] = {}
-        self._describe(weight_map)
+        self._weight_map = weight_map
+        self._described = False
+        self.byteorder = "little"
+        # The shards are described (their pickles run, over a recorder) on first use, not
+        # here: nbckpt.scan opens this reader to read the shards' pickles *without* running
+        # them, and must report a hostile shard's globals rather than fail on them.
+
+    def _ensure_described(self) -> None:
+        if not self._described:
+            self._describe(self._weight_map)
+            self._described = True
 
     def _describe(self, weight_map: dict[str, str]) -> None:
+        from .recording import holds_array
+
         by_shard: dict[str, list[str]] = {}
         for name, shard in weight_map.items():
             by_shard.setdefault(shard, []).append(name)
@@ -111,21 +140,28 @@ class ShardedReader:
                     storage = StorageRef(key, torch_dtypes.by_torch_name("uint8"), 0, MISSING, shard=shard)
                     described[name] = ArrayRef(storage, np.dtype(np.uint8), 0, (0,), (1,))
                 continue
-            reader = open_reader(path, weights_only=self._weights_only)
+            reader = _open_shard(shard, path, self._weights_only)
             try:
                 tree = reader.tree()
                 self._byteorders[shard] = reader.byteorder
             finally:
                 reader.close()
             if not isinstance(tree, dict):
-                raise FormatError(f"shard {shard} holds a {type(tree).__name__}, expected a dict of arrays",
+                raise FormatError(f"shard {escape(shard)} holds a {type(tree).__name__}, expected a dict of arrays",
                                   record=shard)
             renamed: dict[int, StorageRef] = {}
             for name in names:
                 if name not in tree:
-                    raise FormatError(f"the index puts {name!r} in shard {shard}, which does not hold it: the "
+                    raise FormatError(f"the index puts {name!r} in shard {escape(shard)}, which does not hold it: the "
                                       f"index and the shards do not match", record=shard)
-                described[name] = self._in_shard(tree[name], shard, renamed)
+                entry = tree[name]
+                if not isinstance(entry, ArrayRef) and holds_array(entry):
+                    # Arrays nested in the entry would keep the shard's own storage keys, which
+                    # name nothing here: refused rather than listed with keys that fail later.
+                    raise FormatError(f"the index names {name!r} in shard {escape(shard)}, which holds a "
+                                      f"{type(entry).__name__} of arrays there, not one array: a sharded "
+                                      f"index names single arrays", record=shard)
+                described[name] = self._in_shard(entry, shard, renamed)
         self._refs = {name: described[name] for name in weight_map}
         orders = set(self._byteorders.values())
         if len(orders) > 1:
@@ -149,9 +185,11 @@ class ShardedReader:
     # -- the Reader interface ----------------------------------------------------------------
 
     def tree(self) -> dict[str, Any]:
+        self._ensure_described()
         return dict(self._refs)
 
     def storages(self, *, mmap_access: int | None = None) -> "_ShardedSource":
+        self._ensure_described()
         return _ShardedSource(self, mmap_access)
 
     def shard(self, shard: str) -> Any:
@@ -161,17 +199,19 @@ class ShardedReader:
             path = self._paths[shard]
             if not os.path.isfile(path):
                 raise FormatError(
-                    f"shard {shard} named by {os.path.basename(self.index_path)} is missing from "
-                    f"{self._folder}: download it next to the index (or load the other arrays one by one "
+                    f"shard {escape(shard)} named by {os.path.basename(self.index_path)} is missing from "
+                    f"{escape(self._folder)}: download it next to the index (or load the other arrays one by one "
                     f"with nbckpt.open)", record=shard)
-            reader = self._open_shards[shard] = open_reader(path, weights_only=self._weights_only)
+            reader = self._open_shards[shard] = _open_shard(shard, path, self._weights_only)
         return reader
 
     def load(self, device_map: DeviceMap, options: LoadOptions) -> dict[str, Any]:
+        self._ensure_described()
         return read_flat(self._refs, self.storages(mmap_access=options.mmap_access), device_map,
                          byteorder=self.byteorder, skip_data=options.skip_data)
 
     def info(self) -> FormatInfo:
+        self._ensure_described()
         present = [s for s in self._shard_names if os.path.isfile(self._paths[s])]
         missing = [s for s in self._shard_names if s not in present]
         refs = [r for r in self._refs.values() if isinstance(r, ArrayRef)]
@@ -193,6 +233,10 @@ class ShardedReader:
     def verify(self, report: Any, progress: bool | None) -> None:
         from ..verify import Problem, VerifyReport
 
+        try:  # the index must agree with the shards (each names the arrays the index puts there)
+            self._ensure_described()
+        except CheckpointError as err:
+            report.problems.append(Problem(getattr(err, "record", None) or "index", str(err)))
         for shard in self._shard_names:
             try:
                 reader = self.shard(shard)
@@ -245,16 +289,16 @@ class _ShardedSource:
 
 def _parse_index(raw: bytes, path: str) -> tuple[dict, dict[str, str]]:
     if len(raw) > INDEX_LIMIT:
-        raise FormatError(f"the index {path} is larger than {INDEX_LIMIT} bytes: it is not a checkpoint index")
+        raise FormatError(f"the index {escape(path)} is larger than {INDEX_LIMIT} bytes: it is not a checkpoint index")
     try:
         index = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise FormatError(f"the index {path} is not valid UTF-8 JSON: {err}") from None
+        raise FormatError(f"the index {escape(path)} is not valid UTF-8 JSON: {err}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not (isinstance(weight_map, dict) and weight_map
             and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
         raise FormatError(
-            f"{path} is not a sharded checkpoint's index: expected a JSON object whose 'weight_map' "
+            f"{escape(path)} is not a sharded checkpoint's index: expected a JSON object whose 'weight_map' "
             f"maps array names to shard files", record="weight_map")
     metadata = index.get("metadata") or {}
     return (metadata if isinstance(metadata, dict) else {}), weight_map

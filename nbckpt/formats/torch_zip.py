@@ -45,9 +45,12 @@ class TorchZipReader:
     def tree(self) -> Any:
         if self._tree is None:
             reader = self._checkpoint.reader
-            recorder = Rebuilder(RecordingMaterializer(lambda key: reader.entry(f"data/{key}").size))
+            recorder = Rebuilder(RecordingMaterializer(lambda key: reader.size("data/" + key)))
             # run_unpickler: the fast path for flat dicts of tensors (H3, issue 16), else the VM.
-            self._tree = run_unpickler(self._checkpoint.data_pkl, recorder, weights_only=self._weights_only)
+            try:
+                self._tree = run_unpickler(self._checkpoint.data_pkl, recorder, weights_only=self._weights_only)
+            finally:
+                recorder.close()
         return self._tree
 
     def storages(self, *, mmap_access: int | None = None) -> ZipSource:
@@ -76,9 +79,12 @@ class TorchZipReader:
                                read_ahead=self._target.owned)
             materializer = StorageMaterializer(source, device_map, byteorder=checkpoint.byteorder,
                                                skip_data=options.skip_data)
-            result = run_unpickler(checkpoint.data_pkl, Rebuilder(materializer),
-                                   weights_only=options.weights_only, encoding=options.encoding,
-                                   materializer=materializer)
+            rebuilder = Rebuilder(materializer)
+            try:
+                result = run_unpickler(checkpoint.data_pkl, rebuilder, weights_only=options.weights_only,
+                                       encoding=options.encoding, materializer=materializer)
+            finally:
+                rebuilder.close()  # frees the storages it holds now, not at the next cyclic collection
         finally:
             bar.close()
         self._stream.seek(checkpoint.reader.end)
@@ -96,7 +102,7 @@ class TorchZipReader:
             version=checkpoint.version,
             prefix=reader.prefix,
             storages=len(keys),
-            array_bytes=sum(reader.entry(f"data/{k}").size for k in keys),
+            array_bytes=sum(reader.size("data/" + k) for k in keys),
             file_bytes=reader.end - reader.start,
             pickle_bytes=len(checkpoint.data_pkl),
             globals=tuple(scan.scan_pickle(checkpoint.data_pkl)),

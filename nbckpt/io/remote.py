@@ -9,16 +9,10 @@ for HTTP). ``storage_options`` (a dict) is passed to the filesystem:
 credentials, endpoints, ``anon=True``... Single-letter "protocols" are Windows
 drive letters and never URLs.
 
-Reading uses ranged requests, so :func:`nbckpt.open` fetches the zip directory
-and ``data.pkl`` and nothing else, and each array's bytes only when it is read.
-:class:`RangeFile` keeps a few small blocks: a read of less than
-:data:`BLOCK` bytes fetches the block around it (the last :data:`BLOCK` bytes
-of the file when it lies there: the end records, the central directory and
-the small records at the end of an archive come in one request), and larger
-reads go straight to the store, :data:`CHUNK` bytes per request at most, into
-the caller's buffer. fsspec's own caches do not fit this pattern: ``readahead``
-and ``bytes`` keep (and copy) the last large read, ``blockcache`` fetches a
-large read one block per request.
+Reading uses ranged requests (a :class:`~nbckpt.io.ranges.RangeFile` over the
+object, with fsspec's own caches off), so :func:`nbckpt.open` fetches the zip
+directory and ``data.pkl`` and nothing else, and each array's bytes only when
+it is read; :mod:`nbckpt.io.ranges` says which reads fetch what.
 
 Writing (:func:`upload`) goes to a local temporary file first, which is
 uploaded in one operation (``fs.put_file``) only once it is complete: a save
@@ -37,22 +31,15 @@ HDFS, ``memory://``, HTTP uploads) write to the final name as the upload goes.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import tempfile
-from collections import OrderedDict
 from typing import IO, Any, Iterator
+
+from .ranges import BLOCK, CHUNK, RangeFile
 
 __all__ = ["is_url", "protocol_of", "filesystem", "open_url", "open_range_file", "is_local", "upload", "RangeFile", "BLOCK",
            "CHUNK", "INSTALL_HINT"]
-
-#: Reads smaller than this fetch the whole block around them (64 KiB).
-BLOCK = 1 << 16
-#: Larger reads fetch at most this much per request (64 MiB), into the caller's buffer.
-CHUNK = 1 << 26
-#: Blocks kept per open file.
-_BLOCKS_KEPT = 4
 
 INSTALL_HINT = "pip install fsspec (part of nbckpt's remote extra)"
 
@@ -125,99 +112,6 @@ def filesystem(url: str, storage_options: dict | None = None) -> tuple[Any, str]
         raise
 
 
-class RangeFile(io.RawIOBase):
-    """A read-only, seekable binary file over ranged reads of an fsspec file.
-
-    ``requests`` and ``bytes_fetched`` count what was fetched from the store.
-    See the module doc for which reads fetch what.
-    """
-
-    def __init__(self, raw: Any, size: int, name: str) -> None:
-        super().__init__()
-        self._raw = raw
-        self.size = size
-        self.name = name
-        self._pos = 0
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
-        self.requests = 0
-        self.bytes_fetched = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise OSError(f"negative seek position {base + offset} in {self.name}")
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(view.nbytes, self.size - self._pos))
-        if n == 0:
-            return 0
-        if n < BLOCK:
-            start, block = self._block_for(self._pos, n)
-            at = self._pos - start
-            view[:n] = block[at : at + n]
-        else:
-            # The start may be in a block already fetched (an array's first bytes come with the
-            # block read for its local header): copy those, fetch only the rest.
-            done = self._from_blocks(self._pos, view[:n])
-            while done < n:
-                step = min(CHUNK, n - done)
-                data = self._fetch(self._pos + done, step)
-                view[done : done + step] = data
-                done += step
-        self._pos += n
-        return n
-
-    def _from_blocks(self, pos: int, view: memoryview) -> int:
-        """Copy the bytes at ``pos`` that a kept block holds into ``view``; how many."""
-        for start, block in self._blocks.items():
-            if start <= pos < start + len(block):
-                n = min(view.nbytes, start + len(block) - pos)
-                view[:n] = block[pos - start : pos - start + n]
-                return n
-        return 0
-
-    def _block_for(self, pos: int, n: int) -> tuple[int, bytes]:
-        for start, block in self._blocks.items():
-            if start <= pos and pos + n <= start + len(block):
-                self._blocks.move_to_end(start)
-                return start, block
-        # Near the end of the file, fetch the whole tail: the zip end records, the central
-        # directory and the last small records are read backwards from there.
-        start = max(0, self.size - BLOCK) if pos + n > self.size - BLOCK else pos
-        block = self._fetch(start, min(BLOCK, self.size - start))
-        self._blocks[start] = block
-        while len(self._blocks) > _BLOCKS_KEPT:
-            self._blocks.popitem(last=False)
-        return start, block
-
-    def _fetch(self, start: int, n: int) -> bytes:
-        self._raw.seek(start)
-        data = self._raw.read(n)
-        self.requests += 1
-        self.bytes_fetched += len(data)
-        if len(data) != n:
-            raise OSError(f"{self.name}: expected {n} bytes at offset {start}, the store returned {len(data)}")
-        return data
-
-    def close(self) -> None:
-        if not self.closed:
-            self._blocks.clear()
-            self._raw.close()
-        super().close()
-
-
 @contextlib.contextmanager
 def open_url(url: str, storage_options: dict | None = None) -> Iterator[RangeFile]:
     """The checkpoint at ``url`` as a :class:`RangeFile` (closed after the block)."""
@@ -238,6 +132,7 @@ def open_range_file(url: str, storage_options: dict | None = None) -> RangeFile:
     except BaseException:
         raw.close()
         raise
+    # The store is the range: RangeFile fetches each block and large read with one ranged request.
     return RangeFile(raw, int(size), url)
 
 

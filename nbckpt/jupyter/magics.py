@@ -56,8 +56,6 @@ SUBCOMMANDS = {
 
 _PATH_HELP = ("checkpoint file (a leading ~ is expanded; quote paths that contain spaces), or a URL such as "
               "s3://bucket/model.pt or https://host/model.pt (through fsspec)")
-_ZIP_ONLY = ("ls, info, show, browse and diff read zip checkpoints (what torch >= 1.6 writes); a file in torch's "
-             "legacy format loads with %ckpt load")
 _MAP_CHOICES = MAP_TEXT_CHOICES
 _MAP_HELP = "where arrays go: " + _MAP_CHOICES
 
@@ -85,8 +83,7 @@ def _quote(path: str) -> str:
 
 
 @contextlib.contextmanager
-def _user_errors(*, subject: str = "the file", unpickling: str = "", device: str = "",
-                 format_hint: str = "") -> Iterator[None]:
+def _user_errors(*, subject: str = "the file", unpickling: str = "", device: str = "") -> Iterator[None]:
     """Turn the library's errors about the user's input into UsageErrors that say how to fix it."""
     try:
         yield
@@ -109,7 +106,7 @@ def _user_errors(*, subject: str = "the file", unpickling: str = "", device: str
     except DeviceError as err:
         raise UsageError(f"{err}{device}") from err
     except FormatError as err:
-        raise UsageError(f"{subject} is not a checkpoint nbckpt can read: {err}{format_hint}") from err
+        raise UsageError(f"{subject} is not a checkpoint nbckpt can read: {err}") from err
     except OSError as err:
         raise UsageError(f"{err}") from err
     except ImportError as err:  # a URL without fsspec or the protocol's package: the message says what to install
@@ -285,8 +282,7 @@ class CheckpointMagics(Magics):
     def ckpt_ls(self, args: Any) -> None:
         """List the arrays in PATH: name, shape, dtype, device, size, shared with. Reads no array data."""
         path = _expand(args.path)
-        with _user_errors(subject=path, format_hint=f". {_ZIP_ONLY}.",
-                          unpickling=f" %ckpt info {_quote(path)} lists every global the file names."):
+        with _user_errors(subject=path, unpickling=f" %ckpt info {_quote(path)} lists every global the file names."):
             with open_archive(path) as opened:
                 records, values = opened.records, list(opened.values)
         caption = f"{path}: {_count(len(records), 'array')}"
@@ -309,7 +305,7 @@ class CheckpointMagics(Magics):
         """Describe PATH: format, byte order, array and storage counts, sizes, sharing, and every
         global its pickle names (allowed by the safe loader or not)."""
         path = _expand(args.path)
-        with _user_errors(subject=path, format_hint=f". {_ZIP_ONLY}."):
+        with _user_errors(subject=path):
             try:
                 with open_archive(path) as opened:
                     rows = views.info_rows(opened.info, opened.records)
@@ -327,7 +323,7 @@ class CheckpointMagics(Magics):
         zero fraction), its first values, a histogram and, for 2-D and more, a heat map."""
         path = _expand(args.path)
         map_location = parse_map_location(args.map_location)
-        with _user_errors(subject=path, format_hint=f". {_ZIP_ONLY}.", device=" Show it with -m cpu."):
+        with _user_errors(subject=path, device=" Show it with -m cpu."):
             with open_archive(path, map_location=map_location) as opened:
                 try:
                     opened.record(args.name)
@@ -360,7 +356,7 @@ class CheckpointMagics(Magics):
         except ImportError as err:
             raise UsageError(f"the archive browser needs ipywidgets ({err}): pip install ipywidgets (part of nbckpt's jupyter extra). "
                              f"Meanwhile, %ckpt ls {_quote(path)} lists the arrays.") from err
-        with _user_errors(subject=path, format_hint=f". {_ZIP_ONLY}."):
+        with _user_errors(subject=path):
             browser = ArchiveBrowser(path)
         display(browser)
 
@@ -376,7 +372,7 @@ class CheckpointMagics(Magics):
         (largest absolute and relative difference), and other entries that differ."""
         a, b = _expand(args.a), _expand(args.b)
         map_location = parse_map_location(args.map_location)
-        with _user_errors(subject=f"{a} or {b}", format_hint=f". {_ZIP_ONLY}.", device=" Compare with -m cpu."):
+        with _user_errors(subject=f"{a} or {b}", device=" Compare with -m cpu."):
             report = diff(a, b, map_location=map_location)
         if args.widget:
             from .diffview import DiffBrowser  # noqa: PLC0415 - the widget layer, only when asked for

@@ -31,8 +31,13 @@ runs the VM, which remains the reference: it gives the result or the error.
 When the grammar matches, the calls are the VM's (``find_class`` decides the
 globals, ``persistent_load`` then the rebuild function per tensor, items set
 batch by batch), and errors raised by them are turned into the VM's error
-types. ``tests/test_fastpath.py`` checks both paths against each other on
-generated, hostile and near-miss pickles.
+types. When every tensor is the common form (``_rebuild_tensor_v2`` of a typed
+storage, empty hooks), the tensors are built together by
+:meth:`Rebuilder.rebuild_many` (the storages asked for in one call, so small
+records are read in blocks); if that raises anything, the calls are made one
+by one as above, which raises what the VM raises. ``tests/test_fastpath.py``
+checks both paths against each other on generated, hostile and near-miss
+pickles, reading records one by one and in blocks.
 
     >>> import io, numpy as np, nbckpt
     >>> from nbckpt.format.checkpoint import open_zip_checkpoint
@@ -56,6 +61,8 @@ import collections
 import re
 import struct
 from typing import Any, Callable
+
+import numpy as np
 
 from ..errors import CheckpointError, FormatError, UnpicklingError
 from .rebuild import PendingObject, Rebuilder
@@ -170,15 +177,27 @@ def _ints(raw: bytes) -> tuple:
 
 
 _PUT1 = rb"(q.|r....)"
-_CODES: list[bytes] = []
+_PUT_SPANS = [b"", b""]  # BINPUT opcodes of slots 0-255, LONG_BINPUT ones of slots 256 on, back to back
 
 
-def _put_codes(start: int, n: int) -> tuple:
-    """The PUT opcodes pickle writes for slots ``start`` to ``start + n - 1``."""
-    while len(_CODES) < start + n:
-        i = len(_CODES)
-        _CODES.append(b"q" + bytes((i,)) if i < 256 else b"r" + struct.pack("<I", i))
-    return tuple(_CODES[start : start + n])
+def _put_span(start: int, n: int) -> bytes:
+    """The PUT opcodes pickle writes for slots ``start`` to ``start + n - 1``, back to back.
+
+        >>> _put_span(254, 3)
+        b'q\\xfeq\\xffr\\x00\\x01\\x00\\x00'
+    """
+    if not _PUT_SPANS[0]:
+        _PUT_SPANS[0] = bytes(np.stack([np.full(256, ord("q"), np.uint8), np.arange(256, dtype=np.uint8)], 1))
+    stop = start + n
+    if stop > 256 + len(_PUT_SPANS[1]) // 5:
+        count = max(stop - 256, 2 * (len(_PUT_SPANS[1]) // 5), 4096)
+        codes = np.empty((count, 5), np.uint8)
+        codes[:, 0] = ord("r")
+        codes[:, 1:] = np.arange(256, 256 + count, dtype="<u4").view(np.uint8).reshape(count, 4)
+        _PUT_SPANS[1] = codes.tobytes()
+    if start >= 256:
+        return _PUT_SPANS[1][(start - 256) * 5 : (stop - 256) * 5]
+    return _PUT_SPANS[0][start * 2 : min(stop, 256) * 2] + (_PUT_SPANS[1][: (stop - 256) * 5] if stop > 256 else b"")
 
 
 def _slot(raw: bytes) -> int:
@@ -199,6 +218,7 @@ class _Parser:
         self.tensors: list[tuple] = []  # (fn, cls, key, loc, numel, offset, size, stride, grad, od, dt)
         self.batches: list[list[tuple[str, Any]]] = []  # items set by each SETITEM(S)
         self.root: _Global | None = None  # None: a plain dict
+        self.numbers: dict[bytes, Any] = {}  # integer opcodes (and tuples of them) read so far
 
     def _global(self, groups: tuple, name: str) -> Any:
         module = groups[_G["m_" + name]]
@@ -239,6 +259,10 @@ class _Parser:
                 pos += 1
                 batch: list[tuple[str, Any]] = []
                 while pos < len(data) and data[pos] != 0x75:
+                    if self.template is not None:
+                        pos = self._templated(pos, batch)  # the steady state, as far as it goes
+                        if pos >= len(data) or data[pos] == 0x75:
+                            break
                     pos = self._pair(pos, batch)
                     if pos < 0:
                         return False
@@ -284,10 +308,6 @@ class _Parser:
             except UnicodeDecodeError:
                 return -1
             pos = start + n
-            if self.template is not None:
-                end = self._templated(pos, key, batch)
-                if end > 0:
-                    return end
             put = self._put_at(pos)
             if put:
                 self._put(data[pos : pos + put], key)
@@ -392,28 +412,69 @@ class _Parser:
             )
         self.template = (values, pattern)
 
-    def _templated(self, pos: int, key: str, batch: list) -> int:
-        """Read one tensor with the current template; -1 when it does not match exactly."""
+    def _templated(self, pos: int, batch: list) -> int:
+        """Read the pairs from ``pos`` that match the current template exactly; the position after them.
+
+        Each pair is a fresh key (BINUNICODE and its PUT) and a tensor the
+        template matches with the next eight fresh memo slots, its PUTs
+        written as pickle writes them. At the first pair that is not, this
+        returns its position and the general reading takes over there.
+        """
         (fn, kind, cls, loc, od, dt), pattern = self.template  # type: ignore[misc]
-        match = pattern.match(self.data, pos)
-        if match is None:
-            return -1
-        (kput, klen, skey, sput, numel, pput, offset, size, zput, stride, tput, grad, hput, aput,
-         rput) = match.groups()
+        match = pattern.match
+        data = self.data
+        end_of_data = len(data)
+        memo, tensors, append = self.memo, self.tensors, batch.append
+        numbers = self.numbers
         fresh = self.fresh
-        if (kput, sput, pput, zput, tput, hput, aput, rput) != _put_codes(fresh, 8) or klen[0] != len(skey):
-            return -1
-        skey = skey.decode("ascii")
-        tensor = _Tensor(len(self.tensors))
-        self.tensors.append((fn, kind, cls, skey, loc, _int(numel), _int(offset), _ints(size), _ints(stride),
-                             grad == b"\x88", od, dt))
-        memo = self.memo
-        memo[fresh] = key
-        memo[fresh + 1] = skey
-        memo[fresh + 7] = tensor
-        self.fresh = fresh + 8
-        batch.append((key, tensor))
-        return match.end()
+        long_puts = _PUT_SPANS[1]
+        while pos + 5 <= end_of_data and data[pos] == 0x58:  # BINUNICODE
+            start = pos + 5
+            end = start + _u4(data, pos + 1)[0]
+            found = match(data, end)
+            if found is None:
+                break
+            (kput, klen, skey, sput, numel, pput, offset, size, zput, stride, tput, grad, hput, aput,
+             rput) = found.groups()
+            puts = b"".join((kput, sput, pput, zput, tput, hput, aput, rput))
+            if fresh >= 256 and (fresh - 248) * 5 <= len(long_puts):  # LONG_BINPUT opcodes, known
+                if puts != long_puts[(fresh - 256) * 5 : (fresh - 248) * 5]:
+                    break
+            elif puts != _put_span(fresh, 8):
+                break
+            elif fresh >= 256:
+                long_puts = _PUT_SPANS[1]
+            if klen[0] != len(skey):
+                break
+            try:
+                key = data[start:end].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                break
+            # Integer opcodes and tuples of them, each read once per file (never alike: a
+            # tuple's bytes are an integer opcode's followed by more).
+            v_numel = numbers.get(numel)
+            if v_numel is None:
+                v_numel = numbers[numel] = _int(numel)
+            v_offset = numbers.get(offset)
+            if v_offset is None:
+                v_offset = numbers[offset] = _int(offset)
+            v_size = numbers.get(size)
+            if v_size is None:
+                v_size = numbers[size] = _ints(size)
+            v_stride = numbers.get(stride)
+            if v_stride is None:
+                v_stride = numbers[stride] = _ints(stride)
+            skey = skey.decode("ascii")
+            tensor = _Tensor(len(tensors))
+            tensors.append((fn, kind, cls, skey, loc, v_numel, v_offset, v_size, v_stride, grad == b"\x88", od, dt))
+            memo[fresh] = key
+            memo[fresh + 1] = skey
+            memo[fresh + 7] = tensor
+            fresh += 8
+            append((key, tensor))
+            pos = found.end()
+        self.fresh = fresh
+        return pos
 
 
 def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,
@@ -446,7 +507,8 @@ def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,
         if id(resolved[call[0]]) not in callables or id(resolved[call[10]]) not in callables:
             return None
     try:
-        return _build(parser, resolved, persistent_load or rebuilder.persistent_load)
+        built = _build_many(parser, resolved, rebuilder) if persistent_load is None else None
+        return _build(parser, resolved, persistent_load or rebuilder.persistent_load, built)
     except CheckpointError:
         raise
     except RecursionError:
@@ -456,8 +518,38 @@ def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,
         raise FormatError(f"invalid pickle: {err}", record="data.pkl") from None
 
 
-def _build(parser: _Parser, resolved: dict, persistent_load: Callable[[Any], Any]) -> dict:
-    """Make the VM's calls, in its order: per tensor, the storage, the hooks, the rebuild."""
+def _build_many(parser: _Parser, resolved: dict, rebuilder: Rebuilder) -> list[Any] | None:
+    """Every tensor of the file built in one :meth:`Rebuilder.rebuild_many` call, or None.
+
+    None when a tensor is not of the form that call covers, or when it raises:
+    :func:`_build` then makes the calls one by one, and reports the problem as
+    the VM does. The root and the items are set by :func:`_build` either way.
+    """
+    calls = []
+    batches = rebuilder.batches
+    checked: set[tuple] = set()
+    for fn, _kind, cls, key, loc, numel, offset, size, stride, _grad, od, dt in parser.tensors:
+        if dt is not None:
+            return None
+        if (fn, od) not in checked:
+            if not batches(resolved[fn], resolved[od]):
+                return None
+            checked.add((fn, od))
+        calls.append((resolved[cls], key, loc, numel, offset, size, stride))
+    if not calls:
+        return None
+    try:
+        return rebuilder.rebuild_many(calls)
+    except Exception:  # noqa: BLE001 - the one-by-one path reports it
+        return None
+
+
+def _build(parser: _Parser, resolved: dict, persistent_load: Callable[[Any], Any],
+           prebuilt: list[Any] | None = None) -> dict:
+    """Make the VM's calls, in its order: per tensor, the storage, the hooks, the rebuild.
+
+    ``prebuilt`` holds the tensors already built by :func:`_build_many`, in order.
+    """
     root: Any = {} if parser.root is None else resolved[parser.root]()
     built: list[Any] = []
     unfinished: list[Any] = []
@@ -465,6 +557,9 @@ def _build(parser: _Parser, resolved: dict, persistent_load: Callable[[Any], Any
     for batch in parser.batches:
         values = []
         for key, ref in batch:
+            if prebuilt is not None:
+                values.append((key, prebuilt[ref.index]))
+                continue
             if ref.index == len(built):  # a new tensor (a GET names one built before)
                 fn, kind, cls, skey, loc, numel, offset, size, stride, grad, od, dt = next(calls)
                 storage = persistent_load((kind, resolved[cls], skey, loc, numel))

@@ -77,6 +77,26 @@ class TorchMarker:
         return hash(self.name)
 
 
+class _NotBatched(Exception):
+    """A call :meth:`Rebuilder.rebuild_many` leaves to the one-by-one path."""
+
+
+def _geometry(size: Any, stride: Any) -> tuple[int, int]:
+    """``(elements, extent)`` of a view of the common form (tuples of ints in range), or _NotBatched.
+
+    ``extent`` is ``sum((n - 1) * s)``: the view's last element is ``offset + extent``.
+    """
+    if type(size) is not tuple or type(stride) is not tuple or len(size) != len(stride) or len(size) > MAX_NDIM:
+        raise _NotBatched
+    count, extent = 1, 0
+    for n, s in zip(size, stride):
+        if type(n) is not int or type(s) is not int or not (0 <= n < _INDEX_LIMIT and 0 <= s < _INDEX_LIMIT):
+            raise _NotBatched
+        extent += (n - 1) * s
+        count *= n
+    return count, extent
+
+
 class PendingObject:
     """An object that a later BUILD opcode completes (NumPy arrays and dtypes).
 
@@ -145,6 +165,20 @@ class Rebuilder:
         #: Checks every key the pickle makes a dict or set hash (depth, work, collisions).
         self.keys = KeyGuard()
         self._register_all()
+
+    def close(self) -> None:
+        """Drop everything the rebuilder holds, once its pickle is read.
+
+        Its globals are its own bound methods, so a rebuilder is a reference
+        cycle: without this, the storages it made (every array's memory, after
+        a load) stay referenced until Python's cyclic collector runs, which
+        then also has to scan them.
+        """
+        self.globals.clear()
+        self.callables.clear()
+        self.classes.clear()
+        self._storages.clear()
+        self._storage_info.clear()
 
     # -- registration ----------------------------------------------------------
 
@@ -379,6 +413,84 @@ class Rebuilder:
         if itemsize != 1:
             strides = tuple([s * itemsize for s in strides])
         return self._materializer.view(storage, dtype, offset * itemsize, shape, strides)
+
+    # -- many arrays at once (the fast path of flat dicts of tensors) ------------------------
+
+    def batches(self, fn: Any, hooks: Any) -> bool:
+        """Whether :meth:`rebuild_many` may stand for calls of ``fn`` with hooks from ``hooks()``.
+
+        True when ``fn`` is this rebuilder's own ``_rebuild_tensor_v2`` and
+        ``hooks`` its own ``OrderedDict`` (an empty one, no side effect), neither
+        overridden, for the zip format's storage ids, and no storage was made yet.
+        """
+        cls = type(self)
+        own = [(fn, Rebuilder.rebuild_tensor_v2), (hooks, Rebuilder.ordered_dict)]
+        return (not self.legacy and not self._storages
+                and cls.rebuild_tensor_v2 is Rebuilder.rebuild_tensor_v2
+                and cls.ordered_dict is Rebuilder.ordered_dict
+                and cls.load_storage is Rebuilder.load_storage and cls._view is Rebuilder._view
+                and all(getattr(bound, "__self__", None) is self and getattr(bound, "__func__", None) is function
+                        for bound, function in own))
+
+    def rebuild_many(self, calls: list[tuple]) -> list[Any]:
+        """The arrays of ``rebuild_tensor_v2(persistent_load(("storage", cls, key, location, numel)),
+        offset, size, stride, requires_grad, OrderedDict())`` for each ``(cls, key, location,
+        numel, offset, size, stride)`` of ``calls``, in one pass.
+
+        Only for calls :meth:`batches` allows. Every check of the one-by-one path
+        is made (on the common forms only: anything else raises), all storages
+        are asked of the materializer in one ``storages()`` call (reads in
+        blocks), then the views. Nothing is kept unless every array is built: on
+        any exception, the caller runs the calls one by one, which reports the
+        first problem exactly as the VM does.
+        """
+        first: dict[str, int] = {}  # storage key -> its index in requests
+        requests: list[tuple] = []
+        kinds: list[tuple] = []  # (dtype, bytes) of each request
+        views: list[tuple] = []
+        geometry: dict[tuple, tuple[int, int]] = {}  # (size, stride) -> (elements, extent), checked
+        byte_strides: dict[tuple, tuple] = {}  # (stride, itemsize) -> strides in bytes
+        limit = _INDEX_LIMIT
+        for cls, key, location, numel, offset, size, stride in calls:
+            if (type(cls) is not StorageClass or type(key) is not str or type(location) is not str
+                    or type(numel) is not int or numel < 0 or type(offset) is not int or offset < 0
+                    or cls.name in ("UntypedStorage", "TypedStorage")):
+                raise _NotBatched
+            dtype = cls.dtype
+            j = first.get(key)
+            if j is None:
+                j = first[key] = len(requests)
+                requests.append((key, dtype, numel, location, False))
+                kinds.append((dtype, numel * dtype.itemsize))
+                nbytes = numel * dtype.itemsize
+            else:
+                dtype_j, nbytes = kinds[j]
+                if nbytes != numel * dtype.itemsize or (dtype_j.name != dtype.name and numel):
+                    raise _NotBatched
+                dtype = dtype_j  # the view is of the storage made first
+            known = geometry.get((size, stride))
+            if known is None:
+                known = geometry[(size, stride)] = _geometry(size, stride)
+            count, extent = known
+            np_dtype = dtype.numpy
+            itemsize = np_dtype.itemsize
+            if count == 0 or count * itemsize >= limit or (offset + extent + 1) * itemsize > nbytes:
+                raise _NotBatched  # an empty array or a view past its storage: one by one
+            strides = byte_strides.get((stride, itemsize))
+            if strides is None:
+                strides = byte_strides[(stride, itemsize)] = tuple([s * itemsize for s in stride])
+            views.append((j, np_dtype, offset * itemsize, size, strides))
+        materializer = self._materializer
+        batched = getattr(type(materializer), "storages", None)  # optional: see materialize.Materializer
+        storages = (batched(materializer, requests) if batched is not None
+                    else [materializer.storage(*request) for request in requests])
+        asked = [(storages[j], dtype, offset, shape, strides) for j, dtype, offset, shape, strides in views]
+        batched = getattr(type(materializer), "views", None)  # optional, as storages()
+        arrays = batched(materializer, asked) if batched is not None else [materializer.view(*a) for a in asked]
+        for (key, dtype, numel, _, _), storage in zip(requests, storages):
+            self._storages[key] = (storage, dtype, numel)
+            self._storage_info[id(storage)] = (storage, dtype, numel * dtype.itemsize, key)
+        return arrays
 
     def rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
         """``torch._utils._rebuild_tensor``: the oldest form of an array."""

@@ -44,7 +44,7 @@ DTYPE_CONFLICT_MESSAGE = (
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PlannedStorage:
     """One ``data/<key>`` record: a 1-D array whose bytes are written as they are."""
 
@@ -54,17 +54,21 @@ class PlannedStorage:
     numel: int = 0
     key: str | None = None  # assigned in the order the pickle first mentions it
     backend: Any = None  # holds ``data``; ``backend.to_host(data)`` gives the bytes to write
+    shared: bool = False  # viewed by more than one array (set by ``finish``)
 
     def host_bytes(self) -> np.ndarray:
         """The storage's bytes in host memory (one copy for device storages)."""
-        return self.backend.to_host(self.data).reshape(-1).view(np.uint8)
+        data = self.data
+        if self.backend is HOST and data.ndim == 1:  # the common case, without a call to the backend
+            return data.view(np.uint8)
+        return self.backend.to_host(data).reshape(-1).view(np.uint8)
 
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PlannedView:
     """How one array is written: a view of ``storage``, all counts in elements."""
 
@@ -72,9 +76,10 @@ class PlannedView:
     offset: int
     shape: tuple[int, ...]
     strides: tuple[int, ...]
+    own: bool = False  # the array owns its memory and is its storage (no view of it planned so far)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Member:
     array: Any
     lo: int  # address of the lowest byte the array covers
@@ -106,6 +111,11 @@ class StoragePlanner:
         self._views: dict[int, PlannedView] = {}
         self._keep_alive: list[object] = []
         self._groups: dict[tuple[int, str, int, str], _Group] = {}
+        self._grouped_owners: set[int] = set()  # ids of the owners in ``_groups``
+        self._element_strides: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple per distinct shape
+        #: ids of the arrays added more than once (the pickle refers to them again)
+        self.repeated: set[int] = set()
         self._storages: list[PlannedStorage] = []
         self._finished = False
 
@@ -113,7 +123,12 @@ class StoragePlanner:
         """Plan ``array`` (once per object); the same object returns the same view."""
         planned = self._views.get(id(array))
         if planned is not None:
+            self.repeated.add(id(array))
             return planned
+        if type(array) is np.ndarray and array.base is None and id(array) not in self._grouped_owners:
+            planned = self._add_own(array)
+            if planned is not None:
+                return planned
         self._keep_alive.append(array)
         dtype = array.dtype
         tdtype = torch_dtypes.for_numpy(dtype)
@@ -143,10 +158,14 @@ class StoragePlanner:
             hi = lo + itemsize
             for n, stride in zip(array.shape, strides):
                 hi += (n - 1) * stride
+            alone = self._views.get(id(owner))
+            if alone is not None and alone.own:
+                self._regroup(owner, alone)
             gkey = (id(owner), tdtype.name, lo % itemsize, location)
             group = self._groups.get(gkey)
             if group is None:
                 group = self._groups[gkey] = _Group(owner, tdtype, location, backend)
+                self._grouped_owners.add(id(owner))
                 self._keep_alive.append(owner)
             member = _Member(array, lo, hi)
             group.members.append(member)
@@ -156,6 +175,46 @@ class StoragePlanner:
             member.view = planned
         self._views[id(array)] = planned
         return planned
+
+    def _add_own(self, array: np.ndarray) -> PlannedView | None:
+        """Plan a host array that owns its memory as its own storage (None: not that simple).
+
+        The common case of a save of many arrays takes this path: no group, no
+        span, the storage final at once. Should a view of the array come later,
+        :meth:`_regroup` turns the array into a member of that view's group.
+        """
+        dtype = array.dtype
+        tdtype = torch_dtypes.for_numpy(dtype)
+        if tdtype is None or not array.flags.c_contiguous or not dtype.isnative or not array.size:
+            return None
+        itemsize = dtype.itemsize
+        key = (array.strides, itemsize)
+        strides = self._element_strides.get(key)
+        if strides is None:
+            if not all(s >= 0 and not s % itemsize for s in array.strides):
+                return None
+            strides = tuple([s // itemsize for s in array.strides])
+            if len(self._element_strides) < _STRIDES_CACHE:
+                self._element_strides[key] = strides
+        shape = array.shape
+        shape = self._shapes.setdefault(shape, shape) if len(self._shapes) < _SHAPES_CACHE else shape
+        data = array if array.ndim == 1 else array.reshape(-1)
+        storage = PlannedStorage(tdtype, "cpu", data, array.size, None, HOST)
+        planned = self._views[id(array)] = PlannedView(storage, 0, shape, strides, True)
+        return planned
+
+    def _regroup(self, owner: np.ndarray, planned: PlannedView) -> None:
+        """Make an array planned by :meth:`_add_own` the first member of its group."""
+        planned.own = False
+        storage = planned.storage
+        lo = owner.__array_interface__["data"][0]
+        itemsize = storage.dtype.itemsize
+        group = _Group(owner, storage.dtype, "cpu", HOST)
+        group.members.append(_Member(owner, lo, lo + owner.nbytes, planned))
+        planned.storage = None  # type: ignore[assignment]  # set by finish()
+        self._groups[(id(owner), storage.dtype.name, lo % itemsize, "cpu")] = group
+        self._grouped_owners.add(id(owner))
+        self._keep_alive.append(owner)
 
     def planned(self, array: Any) -> PlannedView:
         """The view planned for ``array`` by :meth:`add`."""
@@ -206,9 +265,14 @@ class StoragePlanner:
                 return
         storage = self._new_storage(group.dtype, group.location, group.backend)
         storage.data, storage.numel = data, (hi - lo) // itemsize
+        storage.shared = len(group.members) > 1
         for member in group.members:
             member.view.storage = storage
             member.view.offset = (member.lo - lo) // itemsize
+
+
+_STRIDES_CACHE = 1024  # distinct (strides, itemsize) pairs whose element strides are kept
+_SHAPES_CACHE = 4096  # distinct shapes shared between the views that have them
 
 
 def _contiguous_byte_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:

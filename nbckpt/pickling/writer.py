@@ -3,9 +3,10 @@
 The standard pickler cannot write ``torch._utils._rebuild_tensor_v2`` without
 importing torch (it checks that every global it writes can be imported), so
 nbckpt emits the opcodes itself. It only ever has to write the kinds of objects
-nbckpt saves, and writing them directly lets it (1) validate the whole object
-before any byte reaches the file, naming where an unsupported object sits, and
-(2) spend a few microseconds per array rather than the generic pickler's tens.
+nbckpt saves, which :class:`~.saveplan.SavePlan` has checked before any byte
+reaches the file, and writing them directly lets it spend about a microsecond
+per array rather than the generic pickler's tens (see
+:meth:`CheckpointPickler._save_array`).
 
 The opcodes are the ones ``pickle.Pickler(protocol=2)`` and torch emit, with the
 same memoization (``BINPUT``/``BINGET`` by object identity), so the same object
@@ -26,23 +27,18 @@ import functools
 import mmap
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..backends import is_cupy_array
 from ..format import dtypes as torch_dtypes
 from ..meta import MetaArray
-from ..sparse import SparseParts, is_sparse, to_torch_parts
-from .storages import PlannedStorage, StoragePlanner
+from ..sparse import SparseParts
+from .saveplan import UNSUPPORTED_HINT, SavePlan, is_namedtuple
+from .storages import PlannedStorage, PlannedView
 
 __all__ = ["SavePlan", "CheckpointPickler", "UNSUPPORTED_HINT", "skipped_data"]
-
-UNSUPPORTED_HINT = (
-    "nbckpt saves NumPy and CuPy arrays, NumPy scalars, scipy.sparse arrays, "
-    "nbckpt.MetaArray, dict, OrderedDict, list, tuple, namedtuple, set, str, bytes, "
-    "bytearray, int, float, complex, bool and None"
-)
 
 # Opcodes of pickle protocol 2 (names as in the pickle module).
 MARK, STOP, NONE = b"(", b".", b"N"
@@ -61,113 +57,6 @@ PROTO2 = b"\x80\x02"
 _BATCH = 1000  # items per APPENDS/SETITEMS, as pickle writes them
 _pack_float = struct.Struct(">d").pack
 _pack_i4 = struct.Struct("<i").pack
-_pack_u4 = struct.Struct("<I").pack
-
-
-def _is_namedtuple(obj) -> bool:
-    return isinstance(obj, tuple) and type(obj) is not tuple and hasattr(type(obj), "_fields")
-
-
-@dataclass
-class SavePlan:
-    """Everything a save needs, worked out before any byte is written.
-
-    ``build`` walks the object once: it rejects unsupported objects with a
-    ``TypeError`` naming their place (``obj['opt']['fn']``), turns NumPy scalars
-    into 0-d arrays, and plans the storages of all arrays.
-    """
-
-    root: object
-    planner: StoragePlanner
-    scalars: dict[int, np.ndarray] = field(default_factory=dict)
-    sparse: dict[int, "SparseParts"] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, obj) -> "SavePlan":
-        plan = cls(obj, StoragePlanner())
-        try:
-            plan._walk(obj, "obj", set())
-        except RecursionError:
-            raise ValueError(
-                "the object is nested too deeply to save (Python's recursion limit); "
-                "flatten it or raise sys.setrecursionlimit"
-            ) from None
-        plan.planner.finish()
-        return plan
-
-    def _walk(self, obj, path: str, active: set[int]) -> None:
-        t = type(obj)
-        if obj is None or t in (bool, int, float, complex, str, bytes, bytearray):
-            return
-        if isinstance(obj, np.ndarray):
-            self._add_array(obj, path)
-            return
-        if isinstance(obj, np.generic):
-            if id(obj) not in self.scalars:
-                self.scalars[id(obj)] = scalar = np.asarray(obj)
-                self._add_array(scalar, path)
-            return
-        if isinstance(obj, np.dtype):
-            if torch_dtypes.for_numpy(obj) is None:
-                raise TypeError(f"cannot save the dtype {obj} at {path}: torch has no such dtype")
-            return
-        if is_cupy_array(obj):
-            self._add_array(obj, path)
-            return
-        if isinstance(obj, MetaArray):
-            if torch_dtypes.for_numpy(obj.dtype) is None:
-                raise TypeError(f"cannot save the meta array at {path}: dtype {obj.dtype} has no torch equivalent")
-            return
-        if is_sparse(obj):
-            if id(obj) not in self.sparse:
-                self.sparse[id(obj)] = parts = to_torch_parts(obj)
-                for i, array in enumerate(parts.arrays):
-                    self._add_array(array, f"{path}<{parts.layout} part {i}>")
-            return
-        if t in (dict, OrderedDict, list, tuple, set) or _is_namedtuple(obj):
-            if id(obj) in active:
-                if t is tuple or _is_namedtuple(obj):
-                    raise ValueError(f"cannot save the tuple at {path}: it contains itself")
-                return  # a recursive list or dict: the pickle memo handles it
-            active.add(id(obj))
-            if t in (dict, OrderedDict):
-                for key, value in obj.items():
-                    self._check_key(key, path)
-                    self._walk(value, f"{path}[{key!r}]", active)
-                if t is OrderedDict:
-                    for name, value in vars(obj).items():
-                        self._walk(value, f"{path}.{name}", active)
-            elif t is set:
-                for item in obj:
-                    self._walk(item, f"{path}{{{item!r}}}", active)
-            else:
-                for i, item in enumerate(obj):
-                    self._walk(item, f"{path}[{i}]", active)
-            active.discard(id(obj))
-            return
-        raise TypeError(
-            f"cannot save an object of type {t.__module__}.{t.__qualname__} at {path}: "
-            f"{UNSUPPORTED_HINT}"
-        )
-
-    def _check_key(self, key, path: str) -> None:
-        t = type(key)
-        if key is None or t in (bool, int, float, complex, str, bytes):
-            return
-        if t is tuple or _is_namedtuple(key):
-            for item in key:
-                self._check_key(item, path)
-            return
-        raise TypeError(
-            f"cannot save a dict key of type {t.__module__}.{t.__qualname__} in {path}: "
-            f"keys must be str, bytes, numbers, None or tuples of them"
-        )
-
-    def _add_array(self, array, path: str) -> None:
-        try:
-            self.planner.add(array)
-        except TypeError as err:
-            raise TypeError(f"cannot save the array at {path}: {err}") from None
 
 
 class CheckpointPickler:
@@ -176,21 +65,41 @@ class CheckpointPickler:
     ``persistent_id`` names a storage the way torch does; storages get their
     record keys ("0", "1", ...) in the order the pickle first mentions them,
     available afterwards as ``storages``.
+
+    Arrays are the hot path of a save with many of them: once the globals and
+    strings every array refers to are in the memo, an array is written from
+    cached pieces (:meth:`_save_array`) instead of opcode by opcode
+    (:meth:`_save_array_opcodes`, the reference). ``fast_arrays = False``
+    writes every array opcode by opcode; the tests check that both give the
+    same bytes.
     """
+
+    fast_arrays = True
 
     def __init__(self, plan: SavePlan, *, legacy: bool = False) -> None:
         self._plan = plan
         self._legacy = legacy  # the pre-1.6 format adds view_metadata (None) to each id
-        self._out: list[bytes] = []
-        self._memo: dict[object, tuple[int, object]] = {}
+        self._buf = bytearray()
+        self._write = self._buf.extend
+        self._memo: dict[int, int] = {}  # id(object) -> memo index
+        self._alive: list[object] = []  # what the memo refers to by id stays alive (ids stay unique)
+        self._globals: dict[_Global, int] = {}  # globals are memoized by name
         self._next_memo = 0
+        self._heads: dict[tuple[str, int], tuple[bytes, bytes, bytes, bool]] = {}
+        self._tuple_codes: dict[tuple, bytes] = {}
+        self._layouts: dict[tuple, tuple] = {}
+        self._repeated = plan.repeated
         self.storages: list[PlannedStorage] = []
 
     def dumps(self, obj) -> bytes:
-        self._out = [PROTO2]
+        self._buf = bytearray(PROTO2)
+        self._write = self._buf.extend
         self._save(obj)
-        self._out.append(STOP)
-        return b"".join(self._out)
+        self._write(STOP)
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        self._write = self._buf.extend
+        return data
 
     # -- persistent ids ------------------------------------------------------
 
@@ -207,8 +116,8 @@ class CheckpointPickler:
             cls = _storage_global(dtype.storage_class)
             numel = storage.numel
         if self._legacy:
-            return ("storage", cls, storage.key, storage.location, numel, None)
-        return ("storage", cls, storage.key, storage.location, numel)
+            return (_STORAGE, cls, storage.key, storage.location, numel, None)
+        return (_STORAGE, cls, storage.key, storage.location, numel)
 
     # -- memo ------------------------------------------------------------------
     # Every object is memoized as pickle (and torch) does, so the bytes match
@@ -218,69 +127,80 @@ class CheckpointPickler:
     def _put(self, obj) -> None:
         index = self._next_memo
         self._next_memo = index + 1
-        self._memo[id(obj)] = (index, obj)
-        self._out.append(BINPUT + bytes((index,)) if index < 256 else LONG_BINPUT + _pack_u4(index))
+        self._memo[id(obj)] = index
+        self._alive.append(obj)
+        self._write(_put_code(index))
 
     def _put_anonymous(self) -> None:
         index = self._next_memo
         self._next_memo = index + 1
-        self._out.append(BINPUT + bytes((index,)) if index < 256 else LONG_BINPUT + _pack_u4(index))
+        self._write(_put_code(index))
 
     def _get(self, obj) -> bool:
-        entry = self._memo.get(id(obj))
-        if entry is None:
+        index = self._memo.get(id(obj))
+        if index is None:
             return False
-        index = entry[0]
-        self._out.append(BINGET + bytes((index,)) if index < 256 else LONG_BINGET + _pack_u4(index))
+        self._write(_get_code(index))
         return True
 
     def _save_str(self, text: str) -> None:
-        if not self._get(text):
-            encoded = text.encode("utf-8", "surrogatepass")
-            self._out.append(BINUNICODE + _pack_u4(len(encoded)) + encoded)
-            self._put(text)
+        index = self._memo.get(id(text))
+        if index is not None:
+            self._write(_get_code(index))
+            return
+        encoded = text.encode("utf-8", "surrogatepass")
+        self._write(_pack_op_u4(BINUNICODE, len(encoded)))
+        self._write(encoded)
+        self._put(text)
 
     def _save_int_tuple(self, values: tuple) -> None:
         """A fresh tuple of ints (a shape or strides), memoized like any tuple."""
-        n = len(values)
-        if n == 0:
-            self._out.append(EMPTY_TUPLE)
-            return
-        if n > 3:
-            self._out.append(MARK)
-        for value in values:
-            self._save_int(value)
-        self._out.append((TUPLE1, TUPLE2, TUPLE3)[n - 1] if n <= 3 else TUPLE)
-        self._put_anonymous()
+        self._write(self._int_tuple_code(values))
+        if values:
+            self._put_anonymous()
+
+    def _int_tuple_code(self, values: tuple) -> bytes:
+        """The opcodes of a tuple of ints, without its memo slot (cached: shapes repeat)."""
+        code = self._tuple_codes.get(values)
+        if code is None:
+            n = len(values)
+            if n == 0:
+                code = EMPTY_TUPLE
+            else:
+                body = b"".join([_int_code(v) for v in values])
+                code = MARK + body + TUPLE if n > 3 else body + (TUPLE1, TUPLE2, TUPLE3)[n - 1]
+            if len(self._tuple_codes) < _TUPLE_CACHE:
+                self._tuple_codes[values] = code
+        return code
 
     # -- objects ---------------------------------------------------------------
 
     def _save(self, obj) -> None:
         t = type(obj)
         if obj is None:
-            self._out.append(NONE)
+            self._write(NONE)
         elif t is bool:
-            self._out.append(NEWTRUE if obj else NEWFALSE)
+            self._write(NEWTRUE if obj else NEWFALSE)
         elif t is int:
-            self._save_int(obj)
+            self._write(_int_code(obj))
         elif t is float:
-            self._out.append(BINFLOAT + _pack_float(obj))
+            self._write(BINFLOAT + _pack_float(obj))
         elif t is str:
             self._save_str(obj)
         elif t is _Global:
             self._save_global(obj)
         elif self._get(obj):
             return
-        elif isinstance(obj, np.ndarray) or is_cupy_array(obj):
+        elif t is np.ndarray or isinstance(obj, np.ndarray) or is_cupy_array(obj):
             self._save_array(obj)
         elif isinstance(obj, np.generic):
             self._save_array(self._plan.scalars[id(obj)], memo_as=obj)
         elif t is dict:
-            self._out.append(EMPTY_DICT)
+            self._write(EMPTY_DICT)
             self._put(obj)
             self._save_items(obj)
         elif t is list:
-            self._out.append(EMPTY_LIST)
+            self._write(EMPTY_LIST)
             self._put(obj)
             self._save_list_items(obj)
         elif t is tuple:
@@ -291,7 +211,7 @@ class CheckpointPickler:
             state = vars(obj)
             if state:
                 self._save(dict(state))
-                self._out.append(BUILD)
+                self._write(BUILD)
         elif t is set:
             self._save_reduce(_Global("__builtin__", "set"), (list(obj),), obj)
         elif t is complex:
@@ -300,18 +220,18 @@ class CheckpointPickler:
             self._save_reduce(_Global("_codecs", "encode"), (obj.decode("latin1"), "latin1"), obj)
         elif t is bytearray:
             self._save_reduce(_Global("__builtin__", "bytearray"), (bytes(obj),), obj)
-        elif _is_namedtuple(obj):
+        elif is_namedtuple(obj):
             cls = type(obj)
             self._save_global(_Global(cls.__module__, cls.__qualname__))
             self._save(tuple(obj))
-            self._out.append(NEWOBJ)
+            self._write(NEWOBJ)
             self._put(obj)
         elif isinstance(obj, np.dtype):
             self._save_global(_Global("torch", torch_dtypes.for_numpy(obj).name))
         elif t is MetaArray:
             self._save_global(_Global("torch._utils", "_rebuild_meta_tensor_no_storage"))
             self._save((obj.dtype, obj.shape, obj.strides, False))
-            self._out.append(REDUCE)
+            self._write(REDUCE)
             self._put(obj)
         elif id(obj) in self._plan.sparse:
             self._save_sparse(obj, self._plan.sparse[id(obj)])
@@ -320,81 +240,77 @@ class CheckpointPickler:
         else:  # SavePlan.build rejects everything else first
             raise TypeError(f"cannot pickle {t.__qualname__}")
 
-    def _save_int(self, value: int) -> None:
-        out = self._out
-        if 0 <= value < 256:
-            out.append(BININT1 + bytes((value,)))
-        elif 0 <= value < 65536:
-            out.append(BININT2 + value.to_bytes(2, "little"))
-        elif -(2**31) <= value < 2**31:
-            out.append(BININT + _pack_i4(value))
-        else:
-            n = (value.bit_length() + 8) // 8  # room for the sign bit
-            encoded = value.to_bytes(n, "little", signed=True)
-            # pickle.encode_long drops one redundant sign byte where it can.
-            if n > 1 and encoded[-1] == 0xFF and encoded[-2] & 0x80:
-                encoded = encoded[:-1]
-            if len(encoded) < 256:
-                out.append(LONG1 + bytes((len(encoded),)) + encoded)
-            else:
-                out.append(LONG4 + _pack_i4(len(encoded)) + encoded)
-
     def _save_global(self, glob: "_Global") -> None:
-        entry = self._memo.get(glob)  # globals are memoized by name (_Global is hashable)
-        if entry is not None:
-            index = entry[0]
-            self._out.append(BINGET + bytes((index,)) if index < 256 else LONG_BINGET + _pack_u4(index))
+        index = self._globals.get(glob)
+        if index is not None:
+            self._write(_get_code(index))
             return
-        self._out.append(GLOBAL + f"{glob.module}\n{glob.name}\n".encode("ascii"))
+        self._write(GLOBAL + f"{glob.module}\n{glob.name}\n".encode("ascii"))
         index = self._next_memo
         self._next_memo = index + 1
-        self._memo[glob] = (index, glob)
-        self._out.append(BINPUT + bytes((index,)) if index < 256 else LONG_BINPUT + _pack_u4(index))
+        self._globals[glob] = index
+        self._write(_put_code(index))
 
     def _save_reduce(self, func: "_Global", args: tuple, obj) -> None:
         self._save_global(func)
         self._save(args)
-        self._out.append(REDUCE)
+        self._write(REDUCE)
         self._put(obj)
 
     def _save_tuple(self, obj: tuple) -> None:
         n = len(obj)
         if n == 0:
-            self._out.append(EMPTY_TUPLE)
+            self._write(EMPTY_TUPLE)
             return
         if n > 3:
-            self._out.append(MARK)
+            self._write(MARK)
         for item in obj:
             self._save(item)
-        self._out.append((TUPLE1, TUPLE2, TUPLE3)[n - 1] if n <= 3 else TUPLE)
+        self._write((TUPLE1, TUPLE2, TUPLE3)[n - 1] if n <= 3 else TUPLE)
         self._put(obj)
 
+    def _save_value(self, value) -> None:
+        """``_save``, with arrays and strings (most values of a state dict) first."""
+        t = type(value)
+        if t is np.ndarray:
+            index = self._memo.get(id(value))
+            if index is None:
+                self._save_array(value)
+            else:
+                self._write(_get_code(index))
+        elif t is str:
+            self._save_str(value)
+        else:
+            self._save(value)
+
     def _save_list_items(self, items: list) -> None:
+        save = self._save_value
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
             if len(batch) == 1:
-                self._save(batch[0])
-                self._out.append(APPEND)
+                save(batch[0])
+                self._write(APPEND)
             else:
-                self._out.append(MARK)
+                self._write(MARK)
                 for item in batch:
-                    self._save(item)
-                self._out.append(APPENDS)
+                    save(item)
+                self._write(APPENDS)
 
     def _save_items(self, mapping: dict) -> None:
+        save = self._save_value
         items = list(mapping.items())
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
             if len(batch) == 1:
-                self._save(batch[0][0])
-                self._save(batch[0][1])
-                self._out.append(SETITEM)
+                save(batch[0][0])
+                save(batch[0][1])
+                self._write(SETITEM)
             else:
-                self._out.append(MARK)
+                self._write(MARK)
                 for key, value in batch:
-                    self._save(key)
-                    self._save(value)
-                self._out.append(SETITEMS)
+                    save(key)
+                    save(value)
+                self._write(SETITEMS)
 
     def _save_sparse(self, obj, parts: "SparseParts") -> None:
         """``_rebuild_sparse_tensor(_get_layout('torch.sparse_csr'), (parts..., size))``."""
@@ -404,49 +320,202 @@ class CheckpointPickler:
         if parts.is_coalesced is not None:
             data += (parts.is_coalesced,)
         self._save(data)
-        self._out.append(TUPLE2)
+        self._write(TUPLE2)
         self._put(parts)
-        self._out.append(REDUCE)
+        self._write(REDUCE)
         self._put(obj)
 
     def _save_array(self, array, *, memo_as=None) -> None:
         """``_rebuild_tensor_v2(pid, offset, size, stride, False, OrderedDict())`` (v3: + dtype).
 
-        Written opcode by opcode (the hot path of a save with many arrays); the
-        bytes are those pickle writes for the same tuple.
+        The bytes :meth:`_save_array_opcodes` writes, from pieces cached per
+        dtype and location: every memo reference but the array's own slots is
+        the same for all arrays of one dtype, once the first has put the
+        globals and strings in the memo.
         """
         view = self._plan.planner.planned(array)
         storage = view.storage
+        location = storage.location
+        head_key = (storage.dtype.name, id(location))
+        head = self._heads.get(head_key)
+        k = self._next_memo
+        if head is None or k < 256:  # all memo slots from here on take LONG_BINPUT
+            self._save_array_opcodes(array, view, memo_as)
+            if self.fast_arrays:
+                self._learn_head(storage)
+            return
+        prefix, location_get, hooks, arguments_end, uses_v3 = head
+        w = self._write
+        memo = self._memo
+        key = storage.key
+        shape, strides = view.shape, view.strides
+        if key is None and shape and strides and not storage.shared:
+            # The commonest array of all (a storage of its own, at least 1-D): one
+            # ``pack`` per array, with a layout cached per shape.
+            storage.key = key = str(len(self.storages))
+            self.storages.append(storage)
+            encoded = key.encode("ascii")
+            layout_key = (head_key, storage.numel, view.offset, shape, strides, len(encoded))
+            layout = self._layouts.get(layout_key)
+            if layout is None:
+                layout = self._layout(layout_key, head, storage.nbytes if uses_v3 else storage.numel)
+            pack, a, c, d, e, f, g, h = layout
+            w(pack(a, encoded, LONG_BINPUT, k, c, k + 1, d, k + 2, e, k + 3, f, k + 4, g, k + 5, h, k + 6))
+            target = id(memo_as if memo_as is not None else array)
+            if target in self._repeated:
+                memo[target] = k + 6
+            self._next_memo = k + 7
+            return
+        w(prefix)
+        if key is None:
+            storage.key = key = str(len(self.storages))
+            self.storages.append(storage)  # keeps ``key`` alive, so its id stays in the memo
+            encoded = key.encode("ascii")
+            w(_pack_op_u4(BINUNICODE, len(encoded)))
+            w(encoded)
+            w(_pack_op_u4(LONG_BINPUT, k))
+            if storage.shared:  # only another view of the storage refers to its key again
+                memo[id(key)] = k
+            k += 1
+        else:
+            w(_get_code(memo[id(key)]))
+        w(location_get)
+        w(_int_code(storage.numel * storage.dtype.itemsize if uses_v3 else storage.numel))
+        if self._legacy:
+            w(NONE)
+        w(TUPLE)
+        w(_pack_op_u4(LONG_BINPUT, k))  # the persistent id
+        w(BINPERSID)
+        w(_int_code(view.offset))
+        w(self._int_tuple_code(shape))
+        if shape:
+            k += 1
+            w(_pack_op_u4(LONG_BINPUT, k))
+        w(self._int_tuple_code(strides))
+        if strides:
+            k += 1
+            w(_pack_op_u4(LONG_BINPUT, k))
+        w(hooks)
+        w(_pack_op_u4(LONG_BINPUT, k + 1))  # OrderedDict()
+        w(arguments_end)
+        w(_pack_op_u4(LONG_BINPUT, k + 2))  # the arguments tuple
+        w(REDUCE)
+        w(_pack_op_u4(LONG_BINPUT, k + 3))
+        # Only what the object holds again is looked up (arrays and the scalars they
+        # stand for are kept alive by the object and the plan).
+        target = id(memo_as if memo_as is not None else array)
+        if target in self._repeated:
+            memo[target] = k + 3
+        self._next_memo = k + 4
+
+    def _layout(self, layout_key: tuple, head: tuple, size: int) -> tuple:
+        """How :meth:`_save_array` packs an array with a new storage key of its own.
+
+        The fixed pieces of :meth:`_save_array_opcodes`' bytes, and one struct
+        that interleaves them with the key's digits and the seven memo slots.
+        """
+        _, _, offset, shape, strides, key_len = layout_key
+        prefix, location_get, hooks, arguments_end, _ = head
+        a = prefix + _pack_op_u4(BINUNICODE, key_len)
+        c = location_get + _int_code(size) + (NONE if self._legacy else b"") + TUPLE + LONG_BINPUT
+        d = BINPERSID + _int_code(offset) + self._int_tuple_code(shape) + LONG_BINPUT
+        e = self._int_tuple_code(strides) + LONG_BINPUT
+        f = hooks + LONG_BINPUT
+        g = arguments_end + LONG_BINPUT
+        h = REDUCE + LONG_BINPUT
+        fmt = f"<{len(a)}s{key_len}scI" + "".join(f"{len(piece)}sI" for piece in (c, d, e, f, g, h))
+        layout = (struct.Struct(fmt).pack, a, c, d, e, f, g, h)
+        if len(self._layouts) < _TUPLE_CACHE:
+            self._layouts[layout_key] = layout
+        return layout
+
+    def _learn_head(self, storage: PlannedStorage) -> None:
+        """Cache the pieces of :meth:`_save_array` for arrays like the one just written."""
         dtype = storage.dtype
-        out = self._out
+        location = storage.location
+        names = [_REBUILD_V3 if dtype.uses_v3 else _REBUILD_V2, _ORDERED_DICT]
+        if dtype.uses_v3:
+            names += [_UNTYPED_STORAGE, _torch_dtype_global(dtype.name)]
+        else:
+            names.append(_storage_global(dtype.storage_class))
+        indices = [self._globals.get(name) for name in names]
+        strings = [self._memo.get(id(_STORAGE)), self._memo.get(id(location))]
+        if None in indices or None in strings:
+            return
+        rebuild, ordered_dict, storage_class = indices[0], indices[1], indices[2]
+        prefix = b"".join((_get_code(rebuild), MARK, MARK, _get_code(strings[0]), _get_code(storage_class)))
+        hooks = NEWFALSE + _get_code(ordered_dict) + EMPTY_TUPLE + REDUCE
+        arguments_end = (_get_code(indices[3]) if dtype.uses_v3 else b"") + TUPLE
+        self._heads[(dtype.name, id(location))] = (prefix, _get_code(strings[1]), hooks, arguments_end,
+                                                     dtype.uses_v3)
+
+    def _save_array_opcodes(self, array, view: PlannedView, memo_as=None) -> None:
+        """The reference for :meth:`_save_array`: the same bytes, opcode by opcode."""
+        storage = view.storage
+        dtype = storage.dtype
+        write = self._write
         self._save_global(_REBUILD_V3 if dtype.uses_v3 else _REBUILD_V2)
-        out.append(MARK)
+        write(MARK)
         # The persistent id tuple, then BINPERSID.
         pid = self.persistent_id(storage)
-        out.append(MARK)
+        write(MARK)
         self._save_str(pid[0])
         self._save_global(pid[1])
         self._save_str(pid[2])
         self._save_str(pid[3])
-        self._save_int(pid[4])
+        write(_int_code(pid[4]))
         if self._legacy:
-            out.append(NONE)
-        out.append(TUPLE)
+            write(NONE)
+        write(TUPLE)
         self._put_anonymous()
-        out.append(BINPERSID)
-        self._save_int(view.offset)
+        write(BINPERSID)
+        write(_int_code(view.offset))
         self._save_int_tuple(view.shape)
         self._save_int_tuple(view.strides)
-        out.append(NEWFALSE)  # requires_grad
+        write(NEWFALSE)  # requires_grad
         self._save_global(_ORDERED_DICT)  # the (empty) backward hooks
-        out.append(EMPTY_TUPLE + REDUCE)
+        write(EMPTY_TUPLE + REDUCE)
         self._put_anonymous()
         if dtype.uses_v3:
             self._save_global(_torch_dtype_global(dtype.name))
-        out.append(TUPLE)
+        write(TUPLE)
         self._put_anonymous()  # the arguments tuple
-        out.append(REDUCE)
+        write(REDUCE)
         self._put(memo_as if memo_as is not None else array)
+
+
+def _int_code(value: int) -> bytes:
+    """The opcode pickle writes for an int (BININT1, BININT2, BININT, LONG1 or LONG4)."""
+    if 0 <= value < 256:
+        return _BININT1_CODES[value]
+    if 0 <= value < 65536:
+        return BININT2 + value.to_bytes(2, "little")
+    if -(2**31) <= value < 2**31:
+        return BININT + _pack_i4(value)
+    n = (value.bit_length() + 8) // 8  # room for the sign bit
+    encoded = value.to_bytes(n, "little", signed=True)
+    # pickle.encode_long drops one redundant sign byte where it can.
+    if n > 1 and encoded[-1] == 0xFF and encoded[-2] & 0x80:
+        encoded = encoded[:-1]
+    if len(encoded) < 256:
+        return LONG1 + bytes((len(encoded),)) + encoded
+    return LONG4 + _pack_i4(len(encoded)) + encoded
+
+
+def _put_code(index: int) -> bytes:
+    return _BINPUT_CODES[index] if index < 256 else _pack_op_u4(LONG_BINPUT, index)
+
+
+def _get_code(index: int) -> bytes:
+    return _BINGET_CODES[index] if index < 256 else _pack_op_u4(LONG_BINGET, index)
+
+
+_pack_op_u4 = struct.Struct("<cI").pack  # an opcode and its 4-byte argument
+_BININT1_CODES = [BININT1 + bytes((i,)) for i in range(256)]
+_BINPUT_CODES = [BINPUT + bytes((i,)) for i in range(256)]
+_BINGET_CODES = [BINGET + bytes((i,)) for i in range(256)]
+_TUPLE_CACHE = 4096  # distinct shapes and strides whose opcodes are kept
+_STORAGE = "storage"  # one object: memoized once, referenced by every persistent id
 
 
 @dataclass(frozen=True)

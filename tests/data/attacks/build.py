@@ -589,10 +589,20 @@ class Case:
     scan_flags: list[str] = field(default_factory=list)  # globals scan must report as refused
     bomb: bool = False  # check in-process with tracemalloc that nothing big is allocated
     group: str = ""
+    extra: dict[str, bytes] = field(default_factory=dict)  # other files of a sharded case (its shards)
 
     @property
     def file(self) -> str:
-        return self.name + (".tar" if self.kind == "tar" else ".pt")
+        """The path every entry point is given (a sharded case: the index in its own folder)."""
+        if self.kind == "sharded":
+            return f"{self.name}/{SHARDED_INDEX}"
+        return self.name + {"tar": ".tar", "safetensors": ".safetensors"}.get(self.kind, ".pt")
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the case, by its path relative to the corpus folder."""
+        folder = self.file.rpartition("/")[0]
+        return {self.file: self.data, **{f"{folder}/{name}" if folder else name: data
+                                         for name, data in self.extra.items()}}
 
 
 CASES: list[Case] = []
@@ -642,6 +652,7 @@ def build_cases(with_torch: bool = True) -> None:
     if with_torch:
         _torch_controls()
     _round_two_cases()
+    _reader_cases()
 
     # -- GLOBAL / STACK_GLOBAL of code-running callables ---------------------------------
     group("GLOBAL and STACK_GLOBAL of callables that run code or reach the system")
@@ -1474,7 +1485,24 @@ def build_cases(with_torch: bool = True) -> None:
         tar_checkpoint(storages=emit(1)
                        + emit(R(G("os", "system"), (f"touch {canary('tar_storage_header_os_system')}",)))
                        + struct.pack("<q", 6) + W_BYTES + emit([])),
-        "os.system in a storage header pickle of the tar", "refuse (UnpicklingError)", error="UnpicklingError")
+        "os.system in a storage header pickle of the tar", "refuse (UnpicklingError); scan reads the storages "
+        "member's pickles and reports os.system", error="UnpicklingError", scan="ok", scan_flags=["os.system"])
+    system = R(G("os", "system"), (f"touch {canary('tar_member_pickles')}",))
+    good_storages = emit(1) + emit((TAR_KEY, "cpu", G("torch", "FloatStorage"))) + struct.pack("<q", 6) + W_BYTES
+    tensor_fields = (struct.pack("<i", 2) + b"\0" * 4 + struct.pack("<2q", 2, 3) + struct.pack("<2q", 3, 1)
+                     + struct.pack("<q", 0))
+    for name, storages, tensors, where in (
+            ("tar_storage_count_os_system", emit(system) + good_storages[len(emit(1)):] + emit([]), None,
+             "the storage count pickle"),
+            ("tar_storage_views_os_system", good_storages + emit([system]), None, "the storage views pickle"),
+            ("tar_tensor_count_os_system", None, emit(system) + emit((TAR_TENSOR, TAR_KEY, G("torch", "FloatTensor")))
+             + tensor_fields, "the tensor count pickle"),
+            ("tar_tensor_header_os_system", None, emit(1) + emit((TAR_TENSOR, TAR_KEY, system)) + tensor_fields,
+             "a tensor header pickle")):
+        add(name, "tar", tar_checkpoint(storages=storages, tensors=tensors),
+            f"os.system in {where} (the storages and tensors members are pickles that load runs)",
+            "refuse (UnpicklingError); scan reads every pickle load runs and reports os.system",
+            error="UnpicklingError", scan="ok", scan_flags=["os.system"])
     add("tar_missing_member", "tar", tar_checkpoint(drop="tensors"), "a tar without its 'tensors' member",
         "refuse (FormatError)", error="FormatError")
     add("tar_view_unhashable", "tar",
@@ -1524,6 +1552,206 @@ def _billion_laughs(leaf: Any, depth: int) -> Raw:
     for _ in range(depth):
         out += b"0]q\x01(h\x00h\x00eq\x00"  # pop; x = [m0, m0]; m0 = x
     return Raw(bytes(out))
+
+
+def _listing_cases() -> None:
+    """Files that make a listing (open, diff, the CLI, the browser) omit, merge or explode entries."""
+    def nested(n: int, leaf: Any) -> Raw:  # n dicts deep, one key each, then {"w": leaf}
+        return Raw(b"}" + b"".join(emit(f"k{i}", proto=False, stop=False) + b"}" for i in range(n))
+                   + emit("w", proto=False, stop=False) + emit(leaf, proto=False, stop=False) + b"s" * (n + 1))
+
+    add("deep_array_250", "zip", ckpt(nested(250, tensor())),
+        "an array 251 dicts deep (open lists arrays 200 deep)", "load it; open refuses (FormatError), never "
+        "leaves the array out of the listing", load="ok", open="error", verify="ok")
+    add("array_in_attribute", "zip", ckpt(B(od(("w", tensor())), {"_metadata": od(("", tensor()))})),
+        "an array in an OrderedDict's attribute (set by BUILD, as _metadata is): a listing by keys misses it",
+        "load it; open refuses (FormatError) rather than leave it out", load="ok", open="error", verify="ok")
+    nan = float("nan")
+    add("nan_keys", "zip", ckpt({"x": Raw(b"}" + b"".join(emit(nan, proto=False, stop=False) + emit(tensor(), proto=False, stop=False)
+                                                       + b"s" for _ in range(2)))}),
+        "two NaN keys in one dict (unequal, so both stay; both print as nan)",
+        "load them; open refuses (FormatError): it cannot name them apart", load="ok", open="error",
+        verify="ok")
+    add("colliding_value_names", "zip", ckpt({"a.b": 1, "a": {"b": 2, "w": tensor()}}),
+        "two values that flatten to one dotted name (a.b): a listing keyed by name keeps one",
+        "load them; open lists both (by exact names)", load="ok",
+        value={"a.b": 1, "a": {"b": 2, "w": w_value()}})
+    key_laughs = b"K\x01K\x02\x86q\x000" + b"h\x00h\x00\x86q\x000" * 18 + b"h\x00"
+    add("tuple_key_laughs_names", "zip",
+        ckpt(None, pkl=b"\x80\x02}" + key_laughs + b"}(" + b"".join(
+            emit(f"w{i}", proto=False, stop=False) + emit(tensor(), proto=False, stop=False) for i in range(50))
+            + b"us."),
+        "a tuple key of 2**18 leaves (18 levels of t = (t, t)) over 50 arrays: each dotted name would be 2.6 MB, "
+        "and every dict keyed by a path rehashes 2**19 items (CPython caches no tuple hash)",
+        "load it; open refuses (FormatError) a key that costs more than 10,000 steps to hash", load="ok",
+        open="error", verify="ok", bomb=True)
+    add("long_str_key_names", "zip",
+        ckpt(None, pkl=b"\x80\x02}" + emit("x" * (4 << 20), proto=False, stop=False) + b"}(" + b"".join(
+            emit(f"w{i}", proto=False, stop=False) + emit(tensor(), proto=False, stop=False) for i in range(300))
+            + b"us."),
+        "a 4 MiB string key (6 kB deflated) over 300 arrays: 1.2 GB of dotted names",
+        "load it; the listing names the key by its length and a digest", load="ok", open="ok", verify="ok")
+    deep_key: Any = ("x",)
+    for _ in range(600):
+        deep_key = (deep_key,)
+    add("deep_tuple_key_names", "zip", ckpt({deep_key: tensor()}),
+        "a tuple key nested 600 deep over an array: writing its name recursively overflows the stack",
+        "load it; the listing names the key by a digest", load="ok", open="ok", verify="ok")
+    add("neg_bool_tensor", "zip", ckpt({"w": tensor(storage_pid(numel=6, cls="BoolStorage"), metadata={"neg": True})},
+                                       {"0": b"\x01" * 6}),
+        "a neg view (math bit) of a bool tensor: NumPy cannot negate bools; a listing that only records the bit "
+        "says OK and fails untyped when the array is read", "refuse (FormatError); open and verify too",
+        error="FormatError")
+
+
+SHARDED_INDEX = "model.safetensors.index.json"
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray] | None = None, *, header: Any = None,
+                      raw_header: bytes | None = None, size: int | None = None, data: bytes | None = None,
+                      metadata: dict | None = None) -> bytes:
+    """A .safetensors file: ``tensors`` laid out in order; ``header``/``raw_header``/``size``/``data``
+    replace what would be written (to make the header lie)."""
+    tensors = {"w": W.reshape(2, 3)} if tensors is None else tensors
+    if header is None:
+        header, offset = {}, 0
+        for name, array in tensors.items():
+            code = {"<f4": "F32", "<f8": "F64", "<i8": "I64", "|u1": "U8"}[array.dtype.str]
+            header[name] = {"dtype": code, "shape": list(array.shape),
+                            "data_offsets": [offset, offset + array.nbytes]}
+            offset += array.nbytes
+        if metadata is not None:
+            header["__metadata__"] = metadata
+    raw = raw_header if raw_header is not None else json.dumps(header).encode()
+    body = data if data is not None else b"".join(np.ascontiguousarray(a).tobytes() for a in tensors.values())
+    return struct.pack("<Q", len(raw) if size is None else size) + raw + body
+
+
+def sharded_index(weight_map: Any, **extra: Any) -> bytes:
+    return json.dumps({"metadata": {"total_size": 24}, "weight_map": weight_map, **extra}).encode()
+
+
+def _deep_json(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _reader_cases() -> None:
+    """Issue 14/15: the pickle-free readers (safetensors, sharded indexes) get the same hostile treatment."""
+    group("Round two: safetensors files and sharded indexes that lie")
+    st = safetensors_bytes
+    two = {"a": W[:3].copy(), "b": W[3:].copy()}
+
+    def st_case(name: str, data: bytes, attack: str, must: str = "refuse (FormatError)", **kw: Any) -> None:
+        kw.setdefault("error", "FormatError")
+        add(name, "safetensors", data, attack, must, **kw)
+
+    st_case("st_ok", st(), "none: a valid safetensors file (control)", "load it", load="ok",
+            value={"w": W.reshape(2, 3)})
+    st_case("st_header_len_past_eof", st(size=1 << 20), "a header length of 1 MiB in a 100-byte file")
+    st_case("st_header_len_huge", st(size=2**64 - 1), "a header length of 2**64 - 1 (a reader that allocates it "
+            "first asks for 16 EiB)", bomb=True)
+    st_case("st_header_truncated", st()[:20], "the file ends inside the header")
+    st_case("st_offsets_past_data", st(header={"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [8, 32]}}),
+            "data_offsets end past the data region")
+    st_case("st_offsets_huge", st(header={"w": {"dtype": "U8", "shape": [2**62], "data_offsets": [0, 2**62]}}),
+            "a 2**62-byte tensor in a 100-byte file", bomb=True)
+    st_case("st_offsets_reversed", st(header={"w": {"dtype": "F32", "shape": [0], "data_offsets": [24, 0]}}),
+            "data_offsets [24, 0] (end before begin)")
+    st_case("st_offsets_overlap", st(two, header={"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+                                                  "b": {"dtype": "F32", "shape": [3], "data_offsets": [8, 20]}}),
+            "two tensors whose data overlap")
+    st_case("st_size_mismatch", st(header={"w": {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 24]}}),
+            "a shape of 8 floats over 24 bytes (the header lies about the size)")
+    st_case("st_dtype_lie", st(header={"w": {"dtype": "F64", "shape": [2, 3], "data_offsets": [0, 24]}}),
+            "dtype F64 over the bytes of 6 float32 (the size no longer matches)")
+    st_case("st_dtype_unknown", st(header={"w": {"dtype": "O", "shape": [6], "data_offsets": [0, 24]}}),
+            "dtype 'O' (NumPy objects, the pickle route)")
+    st_case("st_dtype_not_str", st(header={"w": {"dtype": ["F32"], "shape": [6], "data_offsets": [0, 24]}}),
+            "a dtype that is a list")
+    st_case("st_shape_negative", st(header={"w": {"dtype": "F32", "shape": [-6], "data_offsets": [0, 24]}}),
+            "a negative dimension")
+    st_case("st_shape_float", st(header={"w": {"dtype": "F32", "shape": [6.0], "data_offsets": [0, 24]}}),
+            "a dimension written as a float")
+    st_case("st_shape_rank_65", st(header={"w": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}),
+            "65 dimensions")
+    st_case("st_shape_empty_huge", st(header={"w": {"dtype": "F32", "shape": [0, 2**62, 2**62],
+                                                    "data_offsets": [0, 0]}}),
+            "an empty tensor with two 2**62 dimensions (0 bytes, but no array of that shape can exist)",
+            "refuse (FormatError) or load an empty array", load="ok_or_error")
+    st_case("st_shape_overflow", st(header={"w": {"dtype": "F32", "shape": [2**32, 2**32],
+                                                  "data_offsets": [0, 2**66]}}),
+            "a shape of 2**64 elements whose offsets agree with it")
+    st_case("st_header_not_object", st(raw_header=b"[1, 2, 3]"), "a header that is a JSON list")
+    st_case("st_header_not_utf8", st(raw_header=b'{"w\xff": 1}'),
+            "a header that is not UTF-8")
+    st_case("st_header_deep_json", st(raw_header=_deep_json(100_000)),
+            "a header of 100,000 nested JSON lists (a recursive parser overflows)")
+    st_case("st_header_huge_int", st(raw_header=b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000
+                                     + b'], "data_offsets": [0, 24]}}'),
+            "a dimension of 5000 digits (int() of it raises ValueError)")
+    st_case("st_duplicate_name", st(raw_header=b'{"w": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}, '
+                                    b'"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'),
+            "a tensor named twice (a JSON parser keeps the last one)")
+    st_case("st_metadata_not_strings", st(metadata={"x": {"nested": [1, 2]}}),
+            "__metadata__ whose values are not strings")
+    st_case("st_extra_field", st(header={"w": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24],
+                                               "offset": 4}}),
+            "a tensor entry with an unknown field")
+    st_case("st_hostile_names", st({"../../nbckpt-canary-st": W[:3].copy(), "x\x1b[2J\nOK": W[3:].copy()}),
+            "tensor names with ../ and with ESC and a newline: convert must write safe entry names and the CLI "
+            "must print them escaped", "load them", load="ok",
+            value={"../../nbckpt-canary-st": W[:3], "x\x1b[2J\nOK": W[3:]})
+
+    # -- sharded indexes ----------------------------------------------------------------------
+    ok_shards = {"model-00001-of-00002.safetensors": st({"a": W[:3].copy()}),
+                 "model-00002-of-00002.safetensors": st({"b": W[3:].copy()})}
+    ok_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+
+    def sh_case(name: str, index: bytes, attack: str, must: str = "refuse (FormatError)", *,
+                shards: dict[str, bytes] | None = None, **kw: Any) -> None:
+        kw.setdefault("error", "FormatError")
+        add(name, "sharded", index, attack, must, extra=dict(ok_shards if shards is None else shards), **kw)
+
+    sh_case("sharded_ok", sharded_index(ok_map), "none: an index and two safetensors shards (control)", "load it",
+            load="ok", value={"a": W[:3], "b": W[3:]})
+    sh_case("sharded_dotdot", sharded_index({"a": "../ok_handmade.pt"}),
+            "an index naming a shard outside its folder (../ok_handmade.pt, which exists)",
+            "refuse (FormatError) before reading anything")
+    sh_case("sharded_absolute", sharded_index({"a": "/etc/passwd"}), "an index naming an absolute path",
+            "refuse (FormatError) before reading anything")
+    sh_case("sharded_dotdot_nested", sharded_index({"a": "model-00001-of-00002.safetensors/../../ok_handmade.pt"}),
+            "a shard path that climbs out through ..", "refuse (FormatError) before reading anything")
+    sh_case("sharded_missing_shard", sharded_index({**ok_map, "c": "model-00003-of-00003.safetensors"}),
+            "an index naming a shard that is not there", "refuse (FormatError) when the array is read; verify "
+            "reports the missing shard", open="error")
+    sh_case("sharded_newline_shard", sharded_index({**ok_map, "c": "x\nOK all arrays verified.safetensors"}),
+            "a missing shard whose name holds a newline: the error naming it must not print a line of its own",
+            "refuse (FormatError) when the array is read, the shard's name escaped", open="error")
+    sh_case("sharded_shard_lacks_tensor", sharded_index({"a": "model-00002-of-00002.safetensors"}),
+            "an index putting a tensor in a shard that does not hold it")
+    sh_case("sharded_deep_json", _deep_json(100_000), "an index of 100,000 nested JSON lists")
+    sh_case("sharded_weight_map_deep", b'{"weight_map": {"a": ' + _deep_json(50_000) + b"}}",
+            "a weight_map value of 50,000 nested JSON lists")
+    sh_case("sharded_huge_int", b'{"metadata": {"total_size": ' + b"9" * 5000 + b'}, "weight_map": '
+            + json.dumps(ok_map).encode() + b"}", "metadata with a number of 5000 digits")
+    sh_case("sharded_self_reference", sharded_index({"a": SHARDED_INDEX}),
+            "an index naming itself as its shard (a reader that opens shards with the format sniffer recurses)")
+    sh_case("sharded_index_cycle", sharded_index({"a": "other.safetensors.index.json"}),
+            "an index naming another index as its shard, which names the first",
+            shards={"other.safetensors.index.json": sharded_index({"a": SHARDED_INDEX})})
+    sh_case("sharded_nested_value", sharded_index({"a": "shard.pt"}),
+            "a torch shard whose entry named by the index is a dict of arrays, not an array",
+            "refuse (FormatError), or load the nested arrays correctly", load="ok_or_error",
+            shards={"shard.pt": ckpt({"a": {"b": tensor()}})})
+    sh_case("sharded_shard_os_system", sharded_index({"w": "shard.pt"}),
+            "a torch shard whose pickle calls os.system", "refuse (UnpicklingError); scan reads the shard's "
+            "pickle and reports os.system", error="UnpicklingError", scan="ok", scan_flags=["os.system"],
+            shards={"shard.pt": ckpt({"w": tensor(), "x": R(G("os", "system"),
+                                                             (f"touch {canary('sharded_shard_os_system')}",))})})
+    sh_case("sharded_shard_lies", sharded_index(ok_map),
+            "a valid index over a shard whose safetensors header lies (offsets past the data)",
+            shards={**ok_shards, "model-00002-of-00002.safetensors": st(
+                header={"b": {"dtype": "F32", "shape": [3], "data_offsets": [0, 400]}})})
 
 
 def _round_two_cases() -> None:
@@ -1646,9 +1874,25 @@ def _round_two_cases() -> None:
     add("legacy_sparse_as_key", "legacy", legacy_stream({"s": Raw(b"}" + emit(legacy_coo, proto=False, stop=False)
                                                                  + b"K\x01s")}, legacy_sparse),
         "a legacy sparse tensor as a dict key", "refuse; never return the placeholder", error="FormatError")
+    _listing_cases()
     add("size1_stride_2_62", "zip", ckpt({"w": tensor(size=(1, 6), stride=(2**62, 1))}),
-        "a size-1 dimension with a 2**62 stride", "refuse (FormatError) or load; verify agrees with load",
-        load="ok_or_error", error="FormatError")
+        "a size-1 dimension with a 2**62 stride (2**64 bytes: no 64-bit index holds it)",
+        "refuse (FormatError); open and verify refuse it too", error="FormatError")
+    conj_storage = np.array([1 + 2j, 3 + 4j, 5 + 6j], np.complex64)
+    strided = np.lib.stride_tricks.as_strided
+    add("legacy_conj_broadcast_2_36", "legacy",
+        legacy_stream({"w": tensor(legacy_pid("0", 3, cls="ComplexFloatStorage"), 0, (2**36,), (0,),
+                                   metadata={"conj": True}),
+                       "s": tensor(legacy_pid("0", 3, cls="ComplexFloatStorage"), 1, (4,), (0,),
+                                   metadata={"conj": True}),
+                       "n": tensor(legacy_pid("1", 6), 0, (2**18, 2**18), (0, 0), metadata={"neg": True})},
+                      {"0": (3, conj_storage.tobytes()), "1": (6, W_BYTES)}),
+        "legacy conj() and neg views (math bits) of stride-0 views of 2**36 elements over a few bytes: the "
+        "values are filled after the pickle, element by element (minutes)",
+        "load them as stride-0 views, in the time a zip file takes", load="ok", bomb=True,
+        value={"w": strided(np.array([1 - 2j], np.complex64), (2**36,), (0,)),
+               "s": np.full(4, 3 - 4j, np.complex64),
+               "n": strided(np.array([-0.0], np.float32), (2**18, 2**18), (0, 0))})
 
 
 class _Meta:
@@ -1774,6 +2018,7 @@ def manifest_entry(case: Case) -> dict:
         "scan_flags": case.scan_flags,
         "bomb": case.bomb,
         "bytes": len(case.data),
+        **({"shards": sorted(case.extra)} if case.extra else {}),
     }
 
 
@@ -1782,9 +2027,11 @@ def readme(entries: list[dict]) -> str:
         "# Hostile checkpoint corpus",
         "",
         "Generated by `build.py` (`python tests/data/attacks/build.py`, from the repository root, with the",
-        "project's virtual environment); do not edit by hand. `tests/test_attacks.py` loads every file with",
+        "project's virtual environment); do not edit by hand. `tests/test_attacks.py` loads every file (torch",
+        "zip, legacy stream and tar, safetensors, and sharded indexes in folders of their own) with",
         "`nbckpt.load` (default `weights_only=True`, and `mmap=True` for zip files), `nbckpt.open` (listing",
-        "and reading every array), `nbckpt.scan` and `nbckpt.verify`, each in a subprocess limited to 1.5 GiB",
+        "and reading every array), `nbckpt.scan` and `nbckpt.verify`, and the tools (`diff`, `convert`, every",
+        "CLI command, `%ckpt load`, the notebook previews), each in a subprocess limited to 1.5 GiB",
         "of address space, and checks the outcome below. Errors must be nbckpt errors (`CheckpointError`:",
         "`FormatError`, `UnpicklingError`, `DeviceError`); anything else (another exception, `MemoryError`,",
         "a crash, a hang, more than 500 MB of memory) fails.",
@@ -1830,8 +2077,8 @@ ROUND_TWO_NOTES = [
     "  DUP to move strings; Python 2 names (`__builtin__`); protocol-0 GET/PUT arguments; FRAME lengths that",
     "  lie (Python's pure unpickler reads on past a frame, so the byte order is unchanged); UTF-8 vs latin-1",
     "  readings of GLOBAL names (the scan now reads them as pickle does). tests/test_scan.py checks the scan",
-    "  against `pickle._Unpickler` itself on this corpus and on fuzzed opcode streams. Open: the tar format's",
-    "  `storages`/`tensors` members hold pickles that `load` runs and `scan` does not read (H2's tar reader).",
+    "  against `pickle._Unpickler` itself on this corpus and on fuzzed opcode streams. The tar format's",
+    "  `storages`/`tensors` members hold pickles that `load` runs: `scan` reads them too (closed, below).",
     "- **Placeholders escaping.** MEMOIZE into a memo with a gap recorded the wrong slot for an unfinished",
     "  NumPy array (`memo_gap_placeholder`): fixed. BUILD twice, DUP/BINGET of an unfinished object, APPEND",
     "  of one: refused as before.",
@@ -1842,9 +2089,47 @@ ROUND_TWO_NOTES = [
     "  `%ckpt load` and the previews stay bounded (convert refuses past its stated limit).",
     "- **Terminal and notebook.** ESC/BEL/CR/bidi characters in names, values and file names; entries named",
     "  `__builtins__`, `print`, `np`, `In`; `../`, `/` and backslashes in names converted to .npz.",
-    "- **Not closed yet** (strict xfails in tests/test_attacks.py, owners named there): `open`/`verify` accept",
-    "  a tensor used as a dict key; `open` raises NumPy's ValueError on a 2**62 stride; a `cuda:` location of",
-    "  5000 digits; value previews of 5000-digit ints.",
+    "- **Closed since** (no strict xfail is left in tests/test_attacks.py): `open`/`verify` accepted a tensor",
+    "  used as a dict key (the listing's stand-ins were hashable; now they are not, as arrays are not);",
+    "  `open` raised NumPy's ValueError on a 2**62 stride (the listing checks the 64-bit byte strides NumPy",
+    "  checks); a `cuda:` location of 5000 digits (a typed DeviceError everywhere: `nbckpt.devices`",
+    "  `check_saved_tag`); the tar's `storages`/`tensors` members are pickles that `scan` now reads (it runs",
+    "  the load's own walk, keeping each pickle's bytes before it runs; files `tar_*_os_system`); a legacy",
+    "  conj/neg view of 2**36 elements took minutes (the values are now filled over the storage elements",
+    "  the view covers, as the zip path does: `legacy_conj_broadcast_2_36`).",
+    "",
+    "## Round two, again: a fresh attack on scan, verify, open and diff (what was tried)",
+    "",
+    "- **Listings that omit or merge entries.** Arrays 251 dicts deep (`deep_array_250`) and in an",
+    "  OrderedDict's attribute (`array_in_attribute`): `open` refuses rather than leave them out (before:",
+    "  the attribute's array was silently missing, so `diff` of two files differing only there said",
+    "  \"identical\"). Two values flattening to one dotted name (`colliding_value_names`): `open` kept one of",
+    "  them, so `diff` missed a change in the other; colliding entries are now named by their exact paths",
+    "  (`['a.b']`, `['a']['b']`). Two NaN keys in one dict (`nan_keys`): refused, they cannot be named apart.",
+    "- **Names that explode.** A tuple key of 2**18 leaves through the memo over 50 arrays (2.6 MB per",
+    "  dotted name, 79 s to list; then 20 s to diff, as every dict keyed by a path rehashes it: such",
+    "  keys are now refused by a listing past 10,000 hash steps), a 4 MiB string key (6 kB deflated) over",
+    "  300 arrays (1.2 GB of names), a tuple key 600 deep (RecursionError writing its name): keys are now",
+    "  written iteratively and bounded (long ones by a digest), and a listing's names are capped in total",
+    "  (`nbckpt.formats.names`).",
+    "- **verify says OK, load refuses.** A neg math bit on a bool tensor (`neg_bool_tensor`): the listing",
+    "  recorded the bit, verify said OK, reading the array raised TypeError; the listing now asks NumPy as",
+    "  the load does. Locations that are no device tag (control characters, 5000 digits) are refused by",
+    "  the listing too. Tried and held: a numpy `_reconstruct` never BUILT (as a value, in a set), a dtype",
+    "  never BUILT, conj of a bool tensor (NumPy allows it, so do load and open).",
+    "- **The pickle-free readers** (issue 14): safetensors headers that lie about sizes, offsets, dtypes and",
+    "  shapes, header lengths past the end of the file or of 2**64 - 1, JSON nested 100,000 deep, numbers",
+    "  of 5000 digits, duplicate names (`st_*`): refused before any data is read. An empty tensor with",
+    "  2**62-long dimensions raised NumPy's ValueError (`st_shape_empty_huge`): refused as the pickle",
+    "  formats refuse it. Sharded indexes naming `../`, absolute or climbing paths, missing shards, shards",
+    "  without the tensor, indexes that name themselves or each other, deep JSON (`sharded_*`): refused;",
+    "  an index naming a torch shard's nested dict raised KeyError (`sharded_nested_value`): refused; a",
+    "  hostile torch shard made `scan` fail instead of reporting os.system (`sharded_shard_os_system`): the",
+    "  shards are now described on first use, so `scan` reads their pickles without running them.",
+    "- **Lines that forge output.** File names with a newline or CR (`nbckpt verify $'a\\nOK b.pt'`), shard",
+    "  names with a newline in error messages (`sharded_newline_shard`), entry names in convert's notes and",
+    "  in verify's problem lines: every CLI line now escapes them (the harness fails a run that prints a",
+    "  line starting with a name's forged \"OK\").",
 ]
 
 
@@ -1854,14 +2139,20 @@ def _md(text: str) -> str:
 
 def main(out: Path = HERE) -> list[dict]:
     build_cases()
-    names = {c.file for c in CASES}
-    for old in list(out.glob("*.pt")) + list(out.glob("*.tar")):
-        if old.name not in names:
+    files = {path: data for case in CASES for path, data in case.files().items()}
+    for old in list(out.glob("*.pt")) + list(out.glob("*.tar")) + list(out.glob("*.safetensors")):
+        if old.name not in files:
             old.unlink()
-    entries = []
-    for case in CASES:
-        (out / case.file).write_bytes(case.data)
-        entries.append(manifest_entry(case))
+    for folder in out.glob("sharded_*"):  # the folders of sharded cases
+        for old in folder.iterdir():
+            if f"{folder.name}/{old.name}" not in files:
+                old.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    for path, data in files.items():
+        (out / path).parent.mkdir(exist_ok=True)
+        (out / path).write_bytes(data)
+    entries = [manifest_entry(case) for case in CASES]
     (out / "manifest.json").write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
     (out / "README.md").write_text(readme(entries))
     total = sum(len(c.data) for c in CASES)
