@@ -14,7 +14,7 @@ from .compare import DiffReport, diff
 from .convert import ConversionReport, convert
 from .config import LoadEndianness, get_default_load_endianness, set_default_load_endianness
 from .devices import devices
-from .errors import CheckpointError, DeviceError, FormatError, LossyConversionError, UnpicklingError
+from .errors import CheckpointError, DeviceError, EncodingError, FormatError, LossyConversionError, UnpicklingError
 from .format.dtypes import complex32
 from .jupyter import load_ipython_extension
 from .meta import MetaArray
@@ -56,6 +56,7 @@ __all__ = [
     "MetaArray",
     "CheckpointError",
     "FormatError",
+    "EncodingError",
     "UnpicklingError",
     "DeviceError",
     "LossyConversionError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -11,7 +12,7 @@ from .format import legacy as legacy_format
 from .format.container import ZipWriter
 from .formats.base import LoadOptions
 from .formats.options import check_mmap_source, mmap_access
-from .formats.sniff import open_reader
+from .formats.sniff import open_reader, sniff_folder_format
 from .pickling.run import gc_paused
 from .pickling.scan import GlobalRef, scan_pickle
 from .pickling.writer import CheckpointPickler, SavePlan, skipped_data
@@ -175,13 +176,20 @@ def scan(f: Any, *, storage_options: dict | None = None) -> list[GlobalRef]:
         >>> [(g.name, g.allowed) for g in nbckpt.scan(buf)]
         [('collections.OrderedDict', True)]
     """
-    reader = open_reader(f, storage_options=storage_options)
-    try:
-        pickles = reader.pickles()
-    finally:
-        reader.close()
     found: dict[str, GlobalRef] = {}
-    for data in pickles:
-        for ref in scan_pickle(data):
-            found.setdefault(ref.name, ref)
+    if is_path(f) and sniff_folder_format(f) == "dcp":
+        # A DCP folder's .metadata is itself a pickle: scanned (not run) even where the
+        # reader would refuse it, so a refused global there is reported, not raised.
+        from .formats.dcp import scan_folder
+
+        refs = scan_folder(os.fsdecode(f))
+    else:
+        reader = open_reader(f, storage_options=storage_options)
+        try:
+            pickles = reader.pickles()
+        finally:
+            reader.close()
+        refs = [ref for data in pickles for ref in scan_pickle(data)]
+    for ref in refs:
+        found.setdefault(ref.name, ref)
     return list(found.values())

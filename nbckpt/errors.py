@@ -22,8 +22,8 @@ import tarfile
 import zipfile
 from typing import Iterator
 
-__all__ = ["CheckpointError", "FormatError", "UnpicklingError", "DeviceError", "LossyConversionError",
-           "STRAY_ERRORS", "typed_errors"]
+__all__ = ["CheckpointError", "FormatError", "EncodingError", "UnpicklingError", "DeviceError",
+           "LossyConversionError", "STRAY_ERRORS", "typed_errors"]
 
 
 class CheckpointError(Exception):
@@ -40,6 +40,27 @@ class FormatError(CheckpointError, ValueError):
     def __init__(self, message: str, *, record: str | None = None) -> None:
         super().__init__(message)
         self.record = record
+
+
+class EncodingError(FormatError, UnicodeDecodeError):
+    """A Python 2 string in the pickle that the ``encoding`` asked for cannot decode.
+
+    torch (and :mod:`pickle`) raise :class:`UnicodeDecodeError` here, so this is
+    one too — code written for torch keeps working — and it is also a
+    :class:`FormatError`, so every nbckpt entry point reports a typed error.
+    The arguments are :class:`UnicodeDecodeError`'s own.
+
+        >>> err = EncodingError("ascii", b"\\xe2", 0, 1, "ordinal not in range(128)")
+        >>> isinstance(err, UnicodeDecodeError) and isinstance(err, FormatError)
+        True
+    """
+
+    def __init__(self, encoding: str, obj: bytes, start: int, end: int, reason: str) -> None:
+        UnicodeDecodeError.__init__(self, encoding, obj, start, end, reason)
+        self.record = None
+
+    # UnicodeDecodeError.__str__ reads its own fields; keep it (FormatError adds none).
+    __str__ = UnicodeDecodeError.__str__
 
 
 class UnpicklingError(CheckpointError, pickle.UnpicklingError):

@@ -103,7 +103,7 @@ def verify(f: Any, *, storage_options: dict | None = None, progress: bool | None
                 stream.seek(start)
                 try:
                     zip_reader = open_reader(stream)
-                    _placement_notes(zip_reader, report)
+                    _check_listing(zip_reader, report)
                     zip_reader.close()
                 except CheckpointError:
                     pass
@@ -118,16 +118,17 @@ def verify(f: Any, *, storage_options: dict | None = None, progress: bool | None
         report.format = REPORT_FORMATS.get(reader.format, reader.format)
         reader.verify(report, progress)
         if report.ok:
-            _placement_notes(reader, report)
+            _check_listing(reader, report)
     finally:
         reader.close()
     return report
 
 
-def _placement_notes(reader: Any, report: VerifyReport) -> None:
-    """A note for each location a default ``load`` cannot place here (``xla:0``; ``cuda`` without a GPU).
+def _check_listing(reader: Any, report: VerifyReport) -> None:
+    """Run the listing (``open``'s reading of the file); note each location a default ``load``
+    cannot place here (``xla:0``; ``cuda`` without a GPU).
 
-    The file is fine (verify checks the file, and its answer must not change with the
+    For those the file is fine (verify checks the file, and its answer must not change with the
     machine), but ``load`` with the default ``map_location`` would refuse it here: an
     OK that says nothing of it would read as "load succeeds".
     """
@@ -137,7 +138,11 @@ def _placement_notes(reader: Any, report: VerifyReport) -> None:
 
     try:
         refs = [ref for ref in _leaves(reader.tree()) if isinstance(ref, ArrayRef)]
-    except CheckpointError:
+    except CheckpointError as err:
+        # The listing (open) refuses what the format's own checks let through (a legacy
+        # file's location that is no device tag: its eager check maps everything to the
+        # host): a file open refuses is not OK.
+        report.problems.append(Problem(getattr(err, "record", None) or "pickle", str(err)))
         return
     for location in sorted({ref.storage.location for ref in refs} - {"cpu", "meta", "missing"}):
         try:

@@ -527,3 +527,25 @@ def test_each_chunk_is_read_through_its_region_only(two_chunks):
         nbckpt.load(folder)
     report = nbckpt.verify(folder)
     assert not report.ok and [p.record for p in report.problems] == ["x@(0,)"]
+
+
+# -- scan: every pickle a load runs, .metadata included ------------------------------------------
+
+
+def test_scan_reports_the_globals_of_metadata_and_object_entries(torch_made):
+    folder, _ = torch_made
+    names = {ref.name: ref.allowed for ref in nbckpt.scan(folder)}
+    # .metadata's own classes, allowed as the loader allows them there
+    assert names["torch.distributed.checkpoint.metadata.Metadata"] is True
+    assert all(names.values()), names
+
+
+def test_scan_reports_a_refused_global_in_metadata_instead_of_raising(tmp_path):
+    folder = tmp_path / "ckpt"
+    nbckpt.save({"w": np.arange(3.0)}, folder, format="dcp")
+    (folder / ".metadata").write_bytes(b"cposix\nsystem\n(S'touch /tmp/nbckpt-canary-dcp'\ntR.")
+    refs = {ref.name: ref.allowed for ref in nbckpt.scan(folder)}
+    assert refs == {"posix.system": False}
+    with pytest.raises(nbckpt.UnpicklingError, match="posix.system"):
+        nbckpt.load(folder)
+    assert not os.path.exists("/tmp/nbckpt-canary-dcp")

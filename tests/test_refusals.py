@@ -87,3 +87,38 @@ def test_scan_leaves_stream_after_checkpoint():
     buf.seek(0)
     nbckpt.scan(buf)
     assert buf.read() == b"tail"
+
+
+# -- a Python 2 string the encoding cannot decode: torch's UnicodeDecodeError, typed -------------------
+
+
+def _checkpoint_with_undecodable_string() -> bytes:
+    """A zip checkpoint whose data.pkl holds a SHORT_BINSTRING that is not UTF-8 (a byte flip)."""
+    import io
+    import pickle
+
+    from checkpoint_tools import _records, _write
+
+    buf = io.BytesIO()
+    nbckpt.save({"w": np.arange(3, dtype=np.float32)}, buf)
+    prefix, records = _records(buf.getvalue())
+    assert "data.pkl" in records
+    # protocol-2 pickle of a dict whose key is a Python 2 str holding byte 0xe2
+    evil = pickle.PROTO + b"\x02}q\x00U\x01\xe2K\x01s."
+    records["data.pkl"] = evil
+    return _write(prefix, records)
+
+
+def test_undecodable_python2_string_is_a_typed_error_at_every_entry_point(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(_checkpoint_with_undecodable_string())
+    for attempt in (lambda: nbckpt.load(path), lambda: nbckpt.open(path).values):
+        with pytest.raises(nbckpt.EncodingError) as info:
+            attempt()
+        # still what torch raises, for code written against torch.load
+        assert isinstance(info.value, UnicodeDecodeError) and isinstance(info.value, nbckpt.FormatError)
+        assert "0xe2" in str(info.value) and "encoding='latin1'" in str(info.value)
+    report = nbckpt.verify(path)
+    assert not report.ok and "0xe2" in str(report)
+    # the encoding the user asks for decides, as in torch
+    assert nbckpt.load(path, encoding="latin1") == {"\xe2": 1}

@@ -47,7 +47,7 @@ from .base import ArrayRef, FormatInfo, LoadOptions, StorageRef, contiguous_stri
 from .dcp_layout import Chunk, DcpLayout, ObjectEntry, TensorEntry, check_layout
 from .dcp_metadata import METADATA_LIMIT, read_metadata
 
-__all__ = ["DcpReader", "DcpSource", "open_layout", "read_chunk", "read_object",
+__all__ = ["DcpReader", "DcpSource", "open_layout", "scan_folder", "read_chunk", "read_object",
            "assemble", "nest", "is_dcp_folder", "METADATA_FILE"]
 
 #: The file that makes a folder a DCP checkpoint.
@@ -64,6 +64,35 @@ def is_dcp_folder(path: Any) -> bool:
 
 def open_layout(folder: str) -> DcpLayout:
     """Read ``folder``'s ``.metadata`` safely and check it against the folder's files."""
+    return check_layout(folder, read_metadata(metadata_bytes(folder)))
+
+
+def scan_folder(folder: str) -> list[Any]:
+    """What :func:`nbckpt.scan` reports for a DCP folder: the globals of every pickle a load runs.
+
+    ``.metadata`` is scanned with DCP's own classes allowed (as the loader reads it), so a
+    ``.metadata`` naming ``posix.system`` is *reported* as refused rather than raising; the
+    object entries' pickles are scanned when the metadata could be read.
+    """
+    from ..pickling import allowlist
+    from ..pickling.scan import GlobalRef, scan_pickle
+    from .dcp_metadata import METADATA_GLOBALS, PATH_GLOBALS
+
+    with allowlist.safe_globals(METADATA_GLOBALS):
+        refs = [GlobalRef(ref.name, True, "a checkpoint_id path, read back as a str")
+                if ref.name in PATH_GLOBALS else ref for ref in scan_pickle(metadata_bytes(folder))]
+    try:
+        layout = open_layout(folder)
+    except UnpicklingError:
+        return refs  # refused globals in .metadata: reported above; object entries cannot be located
+    for entry in layout.objects.values():
+        with _window(folder, entry.region) as window:
+            refs.extend(scan_pickle(open_zip_checkpoint(window).data_pkl))
+    return refs
+
+
+def metadata_bytes(folder: str) -> bytes:
+    """The bytes of ``folder``'s ``.metadata`` (at most :data:`METADATA_LIMIT`)."""
     path = os.path.join(folder, METADATA_FILE)
     try:
         with open(path, "rb") as f:
@@ -71,13 +100,12 @@ def open_layout(folder: str) -> DcpLayout:
             if size > METADATA_LIMIT:
                 raise FormatError(f"{path} is {size} bytes; a DCP .metadata nbckpt reads is at most "
                                   f"{METADATA_LIMIT}", record=METADATA_FILE)
-            data = f.read(size)
+            return f.read(size)
     except FileNotFoundError:
         raise FormatError(
             f"{folder} is not a torch.distributed.checkpoint folder: it has no {METADATA_FILE} (a save "
             f"that did not finish leaves none). Pass a checkpoint folder or file.", record=METADATA_FILE
         ) from None
-    return check_layout(folder, read_metadata(data))
 
 
 def _window(folder: str, region: Any) -> RangeFile:

@@ -273,7 +273,7 @@ METADATA_GLOBALS: tuple[tuple[Any, str], ...] = (
 # pathlib is on the allowlist's blocked list (a path can reach the file system), so
 # ``checkpoint_id`` paths are not user globals: the metadata unpickler maps them to
 # :func:`checkpoint_path`, which only joins strings.
-_PATH_GLOBALS = frozenset({"pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path",
+PATH_GLOBALS = frozenset({"pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path",
                            "pathlib.PurePosixPath", "pathlib.PureWindowsPath"})
 
 
@@ -282,7 +282,7 @@ class MetadataRebuilder(Rebuilder):
 
     def __init__(self) -> None:
         super().__init__(None)
-        for name in _PATH_GLOBALS:  # ``globals`` and ``callables`` are the rebuilder's declared tables
+        for name in PATH_GLOBALS:  # ``globals`` and ``callables`` are the rebuilder's declared tables
             self.globals[name] = checkpoint_path
         self.callables.add(id(checkpoint_path))
 
@@ -296,7 +296,7 @@ class MetadataUnpickler(SafeUnpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         dotted = f"{module}.{name}"
-        if dotted in _PATH_GLOBALS:
+        if dotted in PATH_GLOBALS:
             self.globals_seen.append(dotted)
             return checkpoint_path
         return super().find_class(module, name)

@@ -188,6 +188,11 @@ def reader_class(fmt: str) -> type:
     return getattr(module, class_name)
 
 
+def sniff_folder_format(f: Any) -> str | None:
+    """The format of ``f`` if it is a checkpoint folder (``sharded`` or ``dcp``), else None."""
+    return sniff_folder(os.fsdecode(f)) if _is_folder(f) else None
+
+
 def _is_folder(f: Any) -> bool:
     from ..io.sources import is_path
 

@@ -58,6 +58,8 @@ pickles, reading records one by one and in blocks.
 from __future__ import annotations
 
 import collections
+import itertools
+import operator
 import re
 import struct
 from typing import Any, Callable
@@ -79,13 +81,17 @@ class _Global(tuple):
     """A GLOBAL opcode's (module, name), before the unpickler decides on it."""
 
 
-class _Tensor:
-    """The n-th tensor of the file, in a memo slot (GET of it: tied weights)."""
+class _Tensor(int):
+    """The n-th tensor of the file, in a memo slot (GET of it: tied weights).
 
-    __slots__ = ("index",)
+    An ``int`` subclass, so that thousands are made by one ``map(_Tensor, range(...))``.
+    """
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    __slots__ = ()
+
+    @property
+    def index(self) -> int:
+        return int(self)
 
 
 class _Opaque:
@@ -212,13 +218,14 @@ class _Parser:
         self.data = data
         self.memo: dict[int, Any] = {}
         self.fresh = 0  # every memo slot from here on is unwritten
-        self.templates: dict[tuple, re.Pattern] = {}  # see _template
-        self.template: tuple[tuple, re.Pattern] | None = None
+        self.templates: dict[tuple, tuple[re.Pattern, re.Pattern]] = {}  # see _template
+        self.template: tuple[tuple, re.Pattern, re.Pattern] | None = None
         self.globals: list[_Global] = []  # in order of first appearance
         self.tensors: list[tuple] = []  # (fn, cls, key, loc, numel, offset, size, stride, grad, od, dt)
         self.batches: list[list[tuple[str, Any]]] = []  # items set by each SETITEM(S)
         self.root: _Global | None = None  # None: a plain dict
         self.numbers: dict[bytes, Any] = {}  # integer opcodes (and tuples of them) read so far
+        self.bulk_tries = 4  # calls of _bulk left (each may scan the rest of the pickle)
 
     def _global(self, groups: tuple, name: str) -> Any:
         module = groups[_G["m_" + name]]
@@ -260,6 +267,8 @@ class _Parser:
                 batch: list[tuple[str, Any]] = []
                 while pos < len(data) and data[pos] != 0x75:
                     if self.template is not None:
+                        if self.bulk_tries:
+                            pos, batch = self._bulk(pos, batch)  # many batches in a few C calls
                         pos = self._templated(pos, batch)  # the steady state, as far as it goes
                         if pos >= len(data) or data[pos] == 0x75:
                             break
@@ -383,6 +392,8 @@ class _Parser:
     def _put(self, raw: bytes, value: Any) -> None:
         """PUT ``value``; values never read back are dropped (a GET of them is not recognised)."""
         index = _slot(raw)
+        if index < self.fresh:  # a slot written again: the template's GETs may name it
+            self.template = None
         if value is _OPAQUE:
             self.memo.pop(index, None)
         else:
@@ -403,14 +414,15 @@ class _Parser:
             if len(self.templates) >= 16:
                 return
             fn, kind, cls, loc, od, dt = (re.escape(raw) if raw else b"" for raw in gets)
-            pattern = self.templates[gets] = re.compile(
-                _PUT1 + fn + rb"\(\(" + kind + cls + rb"X(.)\x00\x00\x00([0-9]{1,20})" + _PUT1 + loc
-                + rb"(" + _INT + rb")t" + _PUT1 + rb"Q(" + _INT + rb")(" + _TUPLE + rb")" + _PUT1
-                + rb"(" + _TUPLE + rb")" + _PUT1 + rb"([\x88\x89])" + od + rb"\)R" + _PUT1 + dt
-                + rb"t" + _PUT1 + rb"R" + _PUT1,
-                re.S,
-            )
-        self.template = (values, pattern)
+            body = (_PUT1 + fn + rb"\(\(" + kind + cls + rb"X(.)\x00\x00\x00([0-9]{1,20})" + _PUT1 + loc
+                    + rb"(" + _INT + rb")t" + _PUT1 + rb"Q(" + _INT + rb")(" + _TUPLE + rb")" + _PUT1
+                    + rb"(" + _TUPLE + rb")" + _PUT1 + rb"([\x88\x89])" + od + rb"\)R" + _PUT1 + dt
+                    + rb"t" + _PUT1 + rb"R" + _PUT1)
+            # The same tensor after its key (BINUNICODE: length, bytes), maybe after the SETITEMS
+            # and MARK that end one batch and start the next; the whole match as group 1.
+            pattern = self.templates[gets] = (re.compile(body, re.S),
+                                              re.compile(rb"((u\()?X(.{4})(.*?)" + body + rb")", re.S))
+        self.template = (values, *pattern)
 
     def _templated(self, pos: int, batch: list) -> int:
         """Read the pairs from ``pos`` that match the current template exactly; the position after them.
@@ -420,7 +432,7 @@ class _Parser:
         written as pickle writes them. At the first pair that is not, this
         returns its position and the general reading takes over there.
         """
-        (fn, kind, cls, loc, od, dt), pattern = self.template  # type: ignore[misc]
+        (fn, kind, cls, loc, od, dt), pattern, _ = self.template  # type: ignore[misc]
         match = pattern.match
         data = self.data
         end_of_data = len(data)
@@ -475,6 +487,85 @@ class _Parser:
             pos = found.end()
         self.fresh = fresh
         return pos
+
+    def _bulk(self, pos: int, batch: list) -> tuple[int, list]:
+        """What :meth:`_templated` reads from ``pos``, across batches, in a few C calls.
+
+        One ``findall`` of the template (each match: maybe SETITEMS MARK, the key,
+        the tensor) from ``pos`` to the end of the pickle. The matches are the
+        ones :meth:`_templated` would make one by one, back to back, exactly when
+        their bytes joined are the pickle's bytes from ``pos`` (a match that
+        started later would leave a gap; and where text that matches lies at the
+        end of a match, the search finds a match there first): the longest such
+        run is kept. Then every check of :meth:`_templated` is made on all of
+        them at once (key lengths, PUT slots, UTF-8); if any fails, nothing is
+        changed and the one-by-one reading takes over at ``pos``. Returns the
+        position after the run and the batch now being filled.
+        """
+        self.bulk_tries -= 1
+        (fn, kind, cls, loc, od, dt), _, pattern = self.template  # type: ignore[misc]
+        data = self.data
+        found = pattern.findall(data, pos)
+        if len(found) < 64:
+            return pos, batch
+        columns = list(zip(*found))
+        wholes = columns[0]
+        ends = list(itertools.accumulate(map(len, wholes)))
+        n = len(wholes)
+        if b"".join(wholes) != data[pos : pos + ends[-1]]:
+            good, bad = 0, n  # the longest run of matches back to back from pos (a prefix property)
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                if b"".join(wholes[:mid]) == data[pos : pos + ends[mid - 1]]:
+                    good = mid
+                else:
+                    bad = mid
+            n = good
+            if n < 64:
+                return pos, batch
+            columns = [column[:n] for column in columns]
+        (_, bounds, lengths, raw_keys, kput, klen, skeys, sput, numel, pput, offset, size, zput, stride,
+         tput, grad, hput, aput, rput) = columns
+        fresh = self.fresh
+        if fresh + 8 * n >= 2**32:
+            return pos, batch
+        if b"".join(map(b"".join, zip(kput, sput, pput, zput, tput, hput, aput, rput))) != _put_span(fresh, 8 * n):
+            return pos, batch
+        if (np.frombuffer(b"".join(lengths), "<u4").tolist() != list(map(len, raw_keys))
+                or b"".join(klen) != bytes(map(len, skeys))):
+            return pos, batch
+        try:
+            keys = list(map(_DECODE_KEY, raw_keys))
+        except UnicodeDecodeError:
+            return pos, batch
+        skeys = list(map(bytes.decode, skeys))  # digits
+        numbers = self.numbers
+        for column, read in ((numel, _int), (offset, _int), (size, _ints), (stride, _ints)):
+            for raw in set(column).difference(numbers):
+                numbers[raw] = read(raw)
+        get = numbers.__getitem__
+        first = len(self.tensors)
+        refs = list(map(_Tensor, range(first, first + n)))
+        repeat = itertools.repeat
+        self.tensors.extend(zip(repeat(fn, n), repeat(kind), repeat(cls), skeys, repeat(loc), map(get, numel),
+                                map(get, offset), map(get, size), map(get, stride), map(b"\x88".__eq__, grad),
+                                repeat(od), repeat(dt)))
+        memo = self.memo
+        memo.update(zip(range(fresh, fresh + 8 * n, 8), keys))
+        memo.update(zip(range(fresh + 1, fresh + 8 * n, 8), skeys))
+        memo.update(zip(range(fresh + 7, fresh + 8 * n, 8), refs))
+        self.fresh = fresh + 8 * n
+        pairs = list(zip(keys, refs))
+        done = 0
+        for i in [i for i, bound in enumerate(bounds) if bound]:  # SETITEMS MARK before pair i
+            batch.extend(pairs[done:i])
+            self.batches.append(batch)
+            batch, done = [], i
+        batch.extend(pairs[done:])
+        return pos + ends[n - 1], batch
+
+
+_DECODE_KEY = operator.methodcaller("decode", "utf-8", "surrogatepass")
 
 
 def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,

@@ -23,7 +23,7 @@ import struct
 import types
 from typing import Any
 
-from ..errors import CheckpointError, FormatError, UnpicklingError
+from ..errors import CheckpointError, EncodingError, FormatError, UnpicklingError
 from . import allowlist
 from .decision import RESTRICTED_GETATTR, decide
 from .rebuild import PendingObject, Rebuilder
@@ -549,7 +549,11 @@ class SafeUnpickler:
             if err.encoding.replace("-", "").lower() == "utf8" and self._encoding.replace("-", "").lower() != "utf8":
                 raise self._fail(pos, "a unicode string is not valid UTF-8") from None
             if op in (_SHORT_BINSTRING, _BINSTRING):
-                raise  # a Python 2 string the requested ``encoding`` cannot decode: the caller's to see
+                # A Python 2 string the requested ``encoding`` cannot decode: torch raises
+                # UnicodeDecodeError, so do we — typed, so every entry point reports it as bad input.
+                raise EncodingError(err.encoding, err.object, err.start, err.end,
+                                    f"{err.reason} (a Python 2 string at pickle offset {pos}; "
+                                    "encoding='latin1' or 'bytes' reads any)") from None
             raise self._fail(pos, "a unicode string is not valid UTF-8") from None
         except KeyError as err:
             raise self._fail(pos, f"memo slot {err.args[0]} is read before it is written") from None

@@ -1597,6 +1597,11 @@ def _listing_cases() -> None:
     add("deep_tuple_key_names", "zip", ckpt({deep_key: tensor()}),
         "a tuple key nested 600 deep over an array: writing its name recursively overflows the stack",
         "load it; the listing names the key by a digest", load="ok", open="ok", verify="ok")
+    add("legacy_location_nul", "legacy",
+        legacy_stream({"w": tensor(PID(("storage", G("torch", "FloatStorage"), "0", "cpu\x00evil", 6, None)))}),
+        "a legacy storage saved on 'cpu\\x00evil': the legacy check maps every storage to the host and never "
+        "reads the location, so verify said OK while load refuses it", "refuse (DeviceError); verify and open too",
+        error="DeviceError")
     add("neg_bool_tensor", "zip", ckpt({"w": tensor(storage_pid(numel=6, cls="BoolStorage"), metadata={"neg": True})},
                                        {"0": b"\x01" * 6}),
         "a neg view (math bit) of a bool tensor: NumPy cannot negate bools; a listing that only records the bit "
@@ -2115,7 +2120,12 @@ ROUND_TWO_NOTES = [
     "- **verify says OK, load refuses.** A neg math bit on a bool tensor (`neg_bool_tensor`): the listing",
     "  recorded the bit, verify said OK, reading the array raised TypeError; the listing now asks NumPy as",
     "  the load does. Locations that are no device tag (control characters, 5000 digits) are refused by",
-    "  the listing too. Tried and held: a numpy `_reconstruct` never BUILT (as a value, in a set), a dtype",
+    "  the listing too, and verify runs the listing: a legacy file's own check maps every storage to the",
+    "  host and never read its location (`legacy_location_nul`). A differential fuzz (byte flips in",
+    "  data.pkl, load vs verify vs open, 145,000 files) found only these classes, plus two left open:",
+    "  locations of other backends (`xla:0`; verify judges the file, so it adds a note that a default",
+    "  load cannot place them here) and a Python 2 string that is not UTF-8 (a bare UnicodeDecodeError,",
+    "  kept for torch compatibility; see the report of issue 15). Tried and held: a numpy `_reconstruct` never BUILT (as a value, in a set), a dtype",
     "  never BUILT, conj of a bool tensor (NumPy allows it, so do load and open).",
     "- **The pickle-free readers** (issue 14): safetensors headers that lie about sizes, offsets, dtypes and",
     "  shapes, header lengths past the end of the file or of 2**64 - 1, JSON nested 100,000 deep, numbers",
