@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
+import operator
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
@@ -33,7 +35,7 @@ import numpy as np
 from .devices import DeviceMap
 from .errors import FormatError
 from .formats.base import ArrayRef, LoadOptions
-from .formats.names import dotted_name, unique_names
+from .formats.names import KEY_STR_LIMIT, NAMES_LIMIT, dotted_name, unique_names
 from .formats.options import check_mmap_source, mmap_access
 from .formats.recording import as_array_ref, holds_array
 from .formats.sniff import open_reader
@@ -172,10 +174,13 @@ class Archive:
         records, refs, self.values = _index(tree)
         #: One Record per array, in the order the structure holds them.
         self.records: list[Record] = records
-        self._refs = {record.path: ref for record, ref in zip(records, refs)}
-        self._by_name: dict[str, Record] = {}
-        for record in records:
-            self._by_name.setdefault(record.name, record)
+        self._refs = dict(zip(map(operator.attrgetter("path"), records), refs))
+        names = list(map(operator.attrgetter("name"), records))
+        self._by_name: dict[str, Record] = dict(zip(names, records))
+        if len(self._by_name) != len(records):  # the first record of a name wins
+            self._by_name = {}
+            for record in records:
+                self._by_name.setdefault(record.name, record)
         self._storage_roots: dict[str, tuple[Any, np.dtype, int]] = {}
         self._storage_backends: dict[str, Any] = {}
         self._materializer: StorageMaterializer | None = None
@@ -382,6 +387,48 @@ def _flat_arrays(tree: Any) -> list[tuple[tuple, ArrayRef]] | None:
     return [((key,), value) for key, value in items]
 
 
+_RECORD_FIELDS = ("name", "path", "shape", "dtype", "location", "nbytes", "storage", "offset", "strides",
+                  "shares", "shard", "chunks")
+
+
+def _flat_index(tree: Any) -> tuple[list[Record], list[ArrayRef], dict[str, Any]] | None:
+    """What :func:`_index` gives for a state dict of arrays (see :func:`_flat_arrays`), column
+    by column, when it is the plain case: every key a ``str`` that is its own dotted name (so
+    names are the keys, distinct), every array on a storage of its own, every dtype with
+    elements of at least one byte. None otherwise (the record-by-record loop decides)."""
+    if not isinstance(tree, dict) or not tree:
+        return None
+    keys, refs = list(dict.keys(tree)), list(dict.values(tree))
+    if not all(map(isinstance, refs, itertools.repeat(ArrayRef))) or set(map(type, keys)) != {str}:
+        return None
+    _refuse_hidden_arrays((), tree, attributes_only=True)  # as the walk checks every container
+    paths = list(zip(keys))
+    lengths = list(map(len, keys))
+    if max(lengths) > KEY_STR_LIMIT or sum(lengths) > NAMES_LIMIT:
+        return None  # names by digest, or too long: unique_names decides (and refuses)
+    storages = list(map(operator.attrgetter("storage"), refs))
+    storage_keys = list(map(operator.attrgetter("key"), storages))
+    if len(set(storage_keys)) != len(storage_keys):
+        return None  # arrays sharing a storage: their records name each other
+    dtypes = list(map(operator.attrgetter("dtype"), refs))
+    itemsizes = list(map(operator.attrgetter("itemsize"), dtypes))
+    if min(itemsizes) <= 0:
+        return None
+    shapes = list(map(operator.attrgetter("shape"), refs))
+    strides = list(map(operator.attrgetter("strides"), refs))
+    element_strides = {pair: () if pair[0] is None else tuple([s // pair[1] for s in pair[0]])
+                       for pair in set(zip(strides, itemsizes))}
+    nbytes = {pair: math.prod(pair[0]) * pair[1] for pair in set(zip(shapes, itemsizes))}
+    repeat = itertools.repeat
+    rows = zip(keys, paths, shapes, dtypes, map(operator.attrgetter("location"), storages),
+               map(nbytes.__getitem__, zip(shapes, itemsizes)), storage_keys,
+               map(operator.floordiv, map(operator.attrgetter("offset"), refs), itemsizes),
+               map(element_strides.__getitem__, zip(strides, itemsizes)), repeat(()),
+               map(operator.attrgetter("shard"), storages), map(operator.attrgetter("chunks"), storages))
+    records = list(map(_record, map(dict, map(zip, repeat(_RECORD_FIELDS), rows))))
+    return records, list(refs), {}
+
+
 def _index(tree: Any) -> tuple[list[Record], list[ArrayRef], dict[str, Any]]:
     """Walk the loaded structure: one Record per array, and the other leaf values."""
     found: list[tuple[tuple, ArrayRef]] = []
@@ -389,6 +436,9 @@ def _index(tree: Any) -> tuple[list[Record], list[ArrayRef], dict[str, Any]]:
     value_items: list[tuple[tuple, Any]] = []
     stack: list[tuple[tuple, Any, int]] = [((), tree, 0)]
     seen: set[int] = set()
+    indexed = _flat_index(tree)
+    if indexed is not None:  # a state dict of arrays, the plain case: column by column
+        return indexed
     flat = _flat_arrays(tree)
     if flat is not None:  # what the walk below finds in a dict of arrays, without walking
         found, stack = flat, []

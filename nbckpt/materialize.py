@@ -17,7 +17,9 @@ The interface every materializer follows (this one, the recording one of
 
 from __future__ import annotations
 
+import itertools
 import mmap as mmap_module
+import operator
 import sys
 from typing import Any, Callable, Protocol
 
@@ -240,24 +242,22 @@ class StorageMaterializer:
                 or self._device_map.mode == "callable" or type(self).storage is not StorageMaterializer.storage):
             return [self.storage(*request) for request in requests]
         try:
-            placed: dict[str, Any] = {}
-            for _, _, _, location, untyped in requests:
-                if untyped:
-                    raise ValueError("an untyped storage")
-                if location not in placed:
-                    placed[location] = self.backend_for_location(location)
-            if any(backend is not HOST for backend in placed.values()):
+            keys, dtypes, numels, locations, untyped = zip(*requests)
+            if any(untyped):
+                raise ValueError("an untyped storage")
+            if any(self.backend_for_location(location) is not HOST for location in dict.fromkeys(locations)):
                 raise ValueError("a storage placed on a device")
-            hosts = source.host_bytes_many([key for key, _, _, _, _ in requests],
-                                           [numel * dtype.itemsize for _, dtype, numel, _, _ in requests])
+            one = dtypes[0] if len(set(map(id, dtypes))) == 1 else None  # by identity: no dataclass hash
+            sizes = (list(map(one.itemsize.__mul__, numels)) if one is not None
+                     else [numel * dtype.itemsize for dtype, numel in zip(dtypes, numels)])
+            hosts = source.host_bytes_many(list(keys), sizes)
         except Exception:  # noqa: BLE001 - the one-by-one path reports it
             return [self.storage(*request) for request in requests]
-        backends = self._backends
-        storages = []
-        for host, (_, dtype, _, _, _) in zip(hosts, requests):
-            storage = host.view(dtype.numpy)
-            backends[id(storage)] = HOST
-            storages.append(storage)
+        if one is not None:  # one dtype: one C-level map
+            storages = list(map(operator.methodcaller("view", one.numpy), hosts))
+        else:
+            storages = [host.view(dtype.numpy) for host, dtype in zip(hosts, dtypes)]
+        self._backends.update(zip(map(id, storages), itertools.repeat(HOST)))
         return storages
 
     def views(self, requests: list[tuple]) -> list[Any]:
@@ -267,6 +267,11 @@ class StorageMaterializer:
         if (self._pending_swap or self._device_map.mode == "callable"
                 or any(backend is not HOST for backend in self._placements.values())):
             return [self.view(*request) for request in requests]
+        storages, dtypes, offsets, shapes, strides = zip(*requests) if requests else ((),) * 5
+        if set(map(type, storages)) == {np.ndarray} and all(
+                dtype.isbuiltin == 1 for dtype in set(map(operator.attrgetter("dtype"), storages))):
+            # What HOST.view does for each (its buffer is the storage itself), in one C-level map.
+            return list(map(np.ndarray, shapes, dtypes, storages, offsets, strides))
         view = HOST.view
         return [view(*request) for request in requests]
 

@@ -370,9 +370,9 @@ def test_flat_dicts_are_built_in_one_batch_with_one_read_per_block(monkeypatch):
         reads.append(list(names))
         return original_read(self, names, **kwargs)
 
-    def spy_many(self, calls):
-        batches.append(len(calls))
-        return original_many(self, calls)
+    def spy_many(self, calls, *, columns=None):
+        batches.append(len(calls) if columns is None else len(columns[1]))
+        return original_many(self, calls, columns=columns)
 
     monkeypatch.setattr(ZipReader, "read_records", spy_read)
     monkeypatch.setattr(Rebuilder, "rebuild_many", spy_many)
@@ -463,6 +463,10 @@ def test_open_lists_the_same_records_with_the_fast_path_and_the_vm(name, monkeyp
         m.setattr(run_module, "load_flat_dict", lambda *args, **kwargs: None)  # the VM only
         assert _listing(BASES[name]) == fast
     with monkeypatch.context() as m:
+        m.setattr(archive_module, "_flat_index", lambda tree: None)  # record by record
+        assert _listing(BASES[name]) == fast
+    with monkeypatch.context() as m:
+        m.setattr(archive_module, "_flat_index", lambda tree: None)
         m.setattr(archive_module, "_flat_arrays", lambda tree: None)  # the walk only
         assert _listing(BASES[name]) == fast
     records = fast[0]
@@ -491,3 +495,190 @@ def test_the_batch_stands_only_for_the_rebuilders_own_unchanged_calls():
 
     sub = Overridden(None)
     assert not sub.batches(sub.rebuild_tensor_v2, sub.ordered_dict)
+
+
+# -- the column-by-column forms (listing, rebuild, describing) against the one-by-one ones ------------
+
+
+def _three_listings(data: bytes, monkeypatch) -> list:
+    """The listing with the column path, record by record, and by the walk and the VM only."""
+    from nbckpt import archive as archive_module
+
+    def listing():
+        try:
+            with nbckpt.open(io.BytesIO(data)) as archive:
+                return ("ok", archive.records, archive.values, {r.name: archive[r.name].tobytes() for r in archive})
+        except Exception as err:  # noqa: BLE001 - compared
+            return ("error", type(err), str(err))
+
+    out = [listing()]
+    with monkeypatch.context() as m:
+        m.setattr(archive_module, "_flat_index", lambda tree: None)
+        out.append(listing())
+        m.setattr(archive_module, "_flat_arrays", lambda tree: None)
+        m.setattr(run_module, "load_flat_dict", lambda *args, **kwargs: None)
+        out.append(listing())
+    return out
+
+
+LISTING_CASES = {
+    "plain": {f"layer{i}.weight": np.arange(i + 1, dtype=np.float32) for i in range(300)},
+    "dtypes": {"i8": np.arange(5, dtype=np.int8), "c": np.ones(3, np.complex64), "b": np.array([True, False]),
+               "h": np.ones((2, 3), ml_dtypes.bfloat16), "s": np.float64(2.5) * np.ones(()),
+               "t": np.arange(12.0).reshape(3, 4).T.copy(order="K")},
+    "empty": {"e": np.empty((0, 3), np.float32), "f": np.empty(0, np.int64), "x": np.ones(2)},
+    "long_key": {"k" * 2000: np.ones(2), "short": np.zeros(3)},  # named by digest: the loop decides
+    "dotted_keys": {"a.b": np.ones(1), "a": np.zeros(2), "": np.ones(3)},
+    "unicode": {"\u00e9t\u00e9": np.ones(2), "\U0001f600": np.zeros(1)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(LISTING_CASES))
+def test_listing_column_by_column_is_the_record_by_record_listing(case, monkeypatch):
+    results = _three_listings(_nbckpt_bytes(LISTING_CASES[case]), monkeypatch)
+    assert results[0] == results[1] == results[2]
+    assert results[0][0] == "ok"
+
+
+def test_listing_columns_of_torch_views_and_offsets(monkeypatch):
+    base = torch.arange(20, dtype=torch.float32)
+    state = {"slice": base[5:9].clone(), "w": torch.ones(2, 3).t().contiguous(), "x": torch.zeros(4)}
+    data = _torch_bytes(state)
+    results = _three_listings(data, monkeypatch)
+    assert results[0] == results[1] == results[2] and results[0][0] == "ok"
+    # A storage shared by two arrays, with an offset: the loop names who shares what.
+    shared = _torch_bytes({"a": base, "b": base[3:7], "c": torch.ones(1)})
+    results = _three_listings(shared, monkeypatch)
+    assert results[0] == results[1] == results[2]
+    by_name = {r.name: r for r in results[0][1]}
+    assert by_name["b"].offset == 3 and by_name["b"].shares == ("a",) and by_name["c"].shares == ()
+
+
+def _recording_calls(rebuilder_calls, *, columns: bool):
+    """rebuild_many over a RecordingMaterializer whose records hold what each call declares."""
+    from nbckpt.formats.recording import RecordingMaterializer
+    from nbckpt.pickling import rebuild as rebuild_module
+
+    sizes = {call[1]: call[3] * call[0].dtype.itemsize for call in rebuilder_calls
+             if type(call[1]) is str and type(call[3]) is int and hasattr(call[0], "dtype")}
+    rebuilder = Rebuilder(RecordingMaterializer(lambda key: sizes[key]))
+    original = rebuild_module._columns
+    rebuild_module._columns = original if columns else (lambda cols: None)
+    try:
+        arrays = rebuilder.rebuild_many(list(rebuilder_calls))
+    except Exception as err:  # noqa: BLE001 - compared
+        return ("error", type(err))
+    finally:
+        rebuild_module._columns = original
+    return ("ok", [(a.storage.key, a.dtype, a.offset, a.shape, a.strides) for a in arrays],
+            sorted(rebuilder._storages))
+
+
+def test_rebuild_many_column_checks_are_the_loops():
+    f32 = Rebuilder(None).globals["torch.FloatStorage"]
+    i8 = Rebuilder(None).globals["torch.CharStorage"]
+    untyped = Rebuilder(None).globals["torch.UntypedStorage"]
+    ok = [(f32, str(i), "cpu", 6, 0, (2, 3), (3, 1)) for i in range(50)]
+    cases = {
+        "ok": ok,
+        "offset": ok[:-1] + [(f32, "x", "cpu", 10, 4, (2, 3), (3, 1))],
+        "past_the_storage": ok[:-1] + [(f32, "x", "cpu", 6, 1, (2, 3), (3, 1))],
+        "last_element_exactly": ok[:-1] + [(f32, "x", "cpu", 7, 1, (2, 3), (3, 1))],
+        "empty_array": ok[:-1] + [(f32, "x", "cpu", 6, 0, (0, 3), (3, 1))],
+        "negative_offset": ok[:-1] + [(f32, "x", "cpu", 6, -1, (2, 3), (3, 1))],
+        "huge_offset": ok[:-1] + [(f32, "x", "cpu", 6, 2**70, (2, 3), (3, 1))],
+        "huge_size": ok[:-1] + [(f32, "x", "cpu", 2**62, 0, (2**61, 2), (2, 1))],
+        "bool_offset": ok[:-1] + [(f32, "x", "cpu", 6, True, (2, 3), (3, 1))],
+        "str_numel": ok[:-1] + [(f32, "x", "cpu", "6", 0, (2, 3), (3, 1))],
+        "shared_key": ok + [(f32, "0", "cpu", 6, 0, (6,), (1,))],
+        "two_classes": ok + [(i8, "y", "cpu", 4, 0, (4,), (1,))],
+        "untyped": ok + [(untyped, "y", "cpu", 4, 0, (4,), (1,))],
+        "bad_stride": ok[:-1] + [(f32, "x", "cpu", 6, 0, (2, 3), (3, -1))],
+        "ragged": ok[:-1] + [(f32, "x", "cpu", 6, 0, (2, 3), (3,))],
+        "list_size": ok[:-1] + [(f32, "x", "cpu", 6, 0, [2, 3], (3, 1))],
+        "int_key": ok[:-1] + [(f32, 7, "cpu", 6, 0, (2, 3), (3, 1))],
+    }
+    for name, calls in cases.items():
+        assert _recording_calls(calls, columns=True) == _recording_calls(calls, columns=False), name
+    assert _recording_calls(cases["ok"], columns=True)[0] == "ok"
+    assert _recording_calls(cases["past_the_storage"], columns=True)[0] == "error"
+
+
+def test_described_storages_in_one_go_report_what_one_by_one_reports():
+    from nbckpt.format import dtypes
+    from nbckpt.formats.recording import RecordingMaterializer
+
+    class Sizes:
+        def __init__(self, sizes):
+            self.sizes = sizes
+
+        def __call__(self, key):
+            if key not in self.sizes:
+                raise FormatError(f"record data/{key} is missing", record=f"data/{key}")
+            return self.sizes[key]
+
+        def many(self, keys):
+            return [self.sizes[k] for k in keys] if all(k in self.sizes for k in keys) else None
+
+    f32 = dtypes.by_torch_name("float32")
+    requests = [(str(i), f32, 3, "cpu", False) for i in range(10)]
+
+    def described(sizes, reqs):
+        try:
+            recorder = RecordingMaterializer(Sizes(sizes))
+            refs = RecordingMaterializer.storages(recorder, reqs)  # the instance's .storages is its dict
+            assert set(recorder.storages) == {r.key for r in refs}
+            return [(r.key, r.numel, r.location, r.untyped) for r in refs]
+        except Exception as err:  # noqa: BLE001 - compared
+            return (type(err), str(err))
+
+    def one_by_one(sizes, reqs):
+        try:
+            recorder = RecordingMaterializer(Sizes(sizes))
+            refs = [recorder.storage(*r) for r in reqs]
+            return [(r.key, r.numel, r.location, r.untyped) for r in refs]
+        except Exception as err:  # noqa: BLE001 - compared
+            return (type(err), str(err))
+
+    good = {str(i): 12 for i in range(10)}
+    for sizes, reqs in [(good, requests), ({**good, "4": 8}, requests), ({k: v for k, v in good.items() if k != "7"}, requests),
+                        (good, requests[:5] + [("5", f32, 3, "bogus:device", False)] + requests[6:])]:
+        assert described(sizes, reqs) == one_by_one(sizes, reqs)
+
+
+def test_a_memo_slot_written_again_retires_the_template():
+    from nbckpt.pickling import fastpath
+
+    parser = fastpath._Parser(BASES["many"][:0] + _checkpoint(BASES["many"]).data_pkl)
+    assert parser.parse() and parser.template is not None
+    parser._put(b"q\x01", "a key")  # slot 1, read by the template's GETs, now holds something else
+    assert parser.template is None
+    parser.template = ("x", None)
+    parser._put(fastpath._put_span(parser.fresh, 1), "fresh")  # a fresh slot: the template stays
+    assert parser.template == ("x", None)
+
+
+def test_gets_of_slots_filled_in_one_go_agree_with_the_vm():
+    # 40 tensors read by the steady state, then tied weights and views naming them by GET.
+    tensors = [torch.full((3,), float(i)) for i in range(40)]
+    state = {f"k{i}": t for i, t in enumerate(tensors)}
+    state.update({"tied3": tensors[3], "tied39": tensors[39], "view": tensors[5][1:], "late": torch.ones(2)})
+    for data in (_torch_bytes(state), _torch_bytes(collections.OrderedDict(state))):
+        checkpoint = _checkpoint(data)
+        fast = assert_same(checkpoint, checkpoint.data_pkl)
+        assert fast[0] == "ok"
+        out = load_flat_dict(checkpoint.data_pkl, _rebuilder(checkpoint))
+        assert out["tied3"] is out["k3"] and out["tied39"] is out["k39"] and out["view"].tolist() == [5.0, 5.0]
+
+
+def test_the_memo_reads_runs_and_hides_what_is_written_over_them():
+    from nbckpt.pickling import fastpath
+
+    memo = fastpath._Memo()
+    refs = [fastpath._Tensor(i) for i in range(3)]
+    memo.add_run(10, 3, ["a", "b", "c"], ["0", "1", "2"], refs)
+    assert [memo.get(i, "none") for i in (10, 11, 12, 17, 18, 26, 27, 33, 34, 9)] == \
+        ["a", "0", "none", refs[0], "b", "c", "2", refs[2], "none", "none"]
+    memo[18] = "other"
+    memo[25] = fastpath._NO  # an opaque PUT over a run's slot
+    assert memo.get(18) == "other" and memo.get(25, "none") == "none" and memo.get(27) == "2"

@@ -149,3 +149,17 @@ def test_random_changes_to_the_directory_give_the_same_outcome(monkeypatch):
         assert with_bulk == without
         outcomes.add(with_bulk[0])
     assert outcomes == {"ok", "error"}
+
+
+def test_sizes_of_many_records_are_each_records_size():
+    for bulk in (True, False):  # columns from the bulk reading and from the entry-by-entry one
+        data = _archive(100 if bulk else 3)
+        reader = ZipReader(io.BytesIO(data))
+        names = reader.names()
+        sizes = reader.sizes(names)
+        assert sizes == [reader.size(name) for name in names] == [reader.entry(n).size for n in names]
+        assert all(type(size) is int for size in sizes)
+        assert reader.sizes(list(reversed(names))) == sizes[::-1] and reader.sizes([]) == []
+        assert reader.sizes(names[:1] + ["no/such/record"]) is None  # missing: the caller asks one by one
+        with pytest.raises(FormatError):
+            reader.size("no/such/record")

@@ -740,6 +740,13 @@ class ZipReader:
             self.entry(name)  # raises
         return self._sizes[i]
 
+    def sizes(self, names: list[str]) -> list[int] | None:
+        """``[self.size(name) for name in names]``, or None when a record is missing."""
+        try:
+            return list(map(self._sizes.__getitem__, map(self._index.__getitem__, names)))
+        except KeyError:
+            return None
+
     def data_offset(self, name: str) -> int:
         """Absolute offset of the first data byte of record ``name``."""
         entry = self.entry(name)
@@ -830,19 +837,18 @@ class ZipReader:
         """
         index = self._index
         try:
-            rows = [index[name] for name in names]
+            rows = list(map(index.__getitem__, names))
         except KeyError:
             if sizes is not None:
                 raise ValueError("a record is missing") from None
             rows = [index.get(name, -1) for name in names]
         if sizes is not None:
-            declared = self._sizes
-            if [declared[i] for i in rows] != sizes:
+            if list(map(self._sizes.__getitem__, rows)) != sizes:
                 raise ValueError("records of other sizes than expected")
         out: list[np.ndarray | None] = [None] * len(names)
         self._read_blocks(rows, out, on_read)
-        for k, data in enumerate(out):
-            name = names[k]
+        for k in range(len(out)) if verify else [k for k, data in enumerate(out) if data is None]:
+            name, data = names[k], out[k]
             if data is None:
                 data = out[k] = np.empty(self.size(name), dtype=np.uint8)
                 self.readinto(name, data, verify=verify)
@@ -901,9 +907,12 @@ class ZipReader:
             good = (fits & (field(0, 4) == _LOCAL_MAGIC_U32) & (field(8, 2) == spec.METHOD_STORED)
                     & (data_at + size[first:last] <= len(block)))
             picked = np.flatnonzero(good)
-            for k, a, n in zip(small[first:last][picked].tolist(), data_at[picked].tolist(),
-                               size[first:last][picked].tolist()):
-                out[k] = block[a : a + n].copy()
+            begin = data_at[picked]
+            # Each record copied out into an array of its own (C-level maps: slice, copy).
+            copies = map(np.ndarray.copy, map(block.__getitem__, map(slice, begin.tolist(),
+                                                                     (begin + size[first:last][picked]).tolist())))
+            for k, data in zip(small[first:last][picked].tolist(), copies):
+                out[k] = data
             if on_read is not None:
                 on_read(int(size[first:last][picked].sum()))
             first = last

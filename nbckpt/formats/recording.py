@@ -18,6 +18,7 @@ remembers where the bytes are and seeks over them.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
 import numpy as np
@@ -234,6 +235,19 @@ class RecordingMaterializer:
         """``[self.storage(*request) for request in requests]``, each distinct location checked once."""
         if self._budget is not None or self._size_of is None or type(self).storage is not RecordingMaterializer.storage:
             return [self.storage(*request) for request in requests]
+        many = getattr(self._size_of, "many", None)  # sizes of many keys at once (see torch_zip.RecordSizes)
+        if many is not None and requests:
+            keys, dtypes, numels, locations, untyped = zip(*requests)
+            for location in dict.fromkeys(locations):
+                check_saved_tag(location)
+            declared = (list(map(dtypes[0].itemsize.__mul__, numels)) if len(set(map(id, dtypes))) == 1
+                        else [numel * dtype.itemsize for dtype, numel in zip(dtypes, numels)])
+            if many(keys) != declared:
+                return [self.storage(*request) for request in requests]  # which reports it
+            made = list(map(_RecordedStorage, keys, dtypes, numels, locations, untyped,
+                            itertools.repeat(self._shard)))
+            self.storages.update(zip(keys, zip(made, dtypes, numels)))
+            return made
         size_of, shard, storages = self._size_of, self._shard, self.storages
         checked: set[str] = set()
         made = []
@@ -252,6 +266,11 @@ class RecordingMaterializer:
         """``[self.view(*request) for request in requests]``, each distinct strides tuple checked once."""
         if type(self).view is not RecordingMaterializer.view:
             return [self.view(*request) for request in requests]
+        if requests:
+            storages, _, offsets, _, strides = zip(*requests)
+            if (_StorageSlice not in set(map(type, storages)) and max(offsets) < _INTP_LIMIT
+                    and not any(s >= _INTP_LIMIT for stride in set(strides) for s in stride)):
+                return list(itertools.starmap(_RecordedArray, requests))  # the checks below, column by column
         fitting: set[tuple] = set()
         made = []
         for storage, dtype, offset, shape, strides in requests:

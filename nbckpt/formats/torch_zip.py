@@ -27,6 +27,23 @@ from .recording import RecordingMaterializer
 __all__ = ["TorchZipReader", "verify_zip"]
 
 
+class RecordSizes:
+    """``size_of`` for :class:`RecordingMaterializer`: the bytes of record ``data/<key>``
+    (FormatError when it is missing); ``many(keys)`` gives the list for many keys at once,
+    or None when one is missing (the caller then asks key by key, which reports it)."""
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: ZipReader) -> None:
+        self._reader = reader
+
+    def __call__(self, key: str) -> int:
+        return self._reader.size("data/" + key)
+
+    def many(self, keys: tuple) -> list[int] | None:
+        return self._reader.sizes(list(map("data/".__add__, keys)))
+
+
 class TorchZipReader:
     """A torch zip checkpoint: see :class:`nbckpt.formats.base.Reader`."""
 
@@ -45,7 +62,7 @@ class TorchZipReader:
     def tree(self) -> Any:
         if self._tree is None:
             reader = self._checkpoint.reader
-            recorder = Rebuilder(RecordingMaterializer(lambda key: reader.size("data/" + key)))
+            recorder = Rebuilder(RecordingMaterializer(RecordSizes(reader)))
             # run_unpickler: the fast path for flat dicts of tensors (H3, issue 16), else the VM.
             try:
                 self._tree = run_unpickler(self._checkpoint.data_pkl, recorder, weights_only=self._weights_only)

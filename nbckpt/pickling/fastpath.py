@@ -57,6 +57,7 @@ pickles, reading records one by one and in blocks.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import operator
@@ -94,11 +95,80 @@ class _Tensor(int):
         return int(self)
 
 
+class _Tensors:
+    """The tensors a pickle builds, in order: rows, and runs stored as twelve columns."""
+
+    __slots__ = ("chunks", "count")
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[bool, Any]] = []  # (is_columns, rows or columns)
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, row: tuple) -> None:
+        if not self.chunks or self.chunks[-1][0]:
+            self.chunks.append((False, []))
+        self.chunks[-1][1].append(row)
+        self.count += 1
+
+    def add_columns(self, columns: tuple, n: int) -> None:
+        self.chunks.append((True, columns))
+        self.count += n
+
+    def columns(self) -> tuple:
+        """Twelve tuples: each field of every tensor, in order (empty when there is none)."""
+        parts = [chunk if is_columns else tuple(zip(*chunk)) for is_columns, chunk in self.chunks]
+        if len(parts) == 1:
+            return tuple(map(tuple, parts[0]))
+        return tuple(tuple(itertools.chain.from_iterable(column)) for column in zip(*parts)) if parts else ((),) * 12
+
+    def __iter__(self) -> Any:
+        for is_columns, chunk in self.chunks:
+            yield from (zip(*chunk) if is_columns else chunk)
+
+
 class _Opaque:
     """A memoized value the grammar never reads back (a GET of it is not recognised)."""
 
 
 _OPAQUE = _Opaque()
+
+
+class _Memo(dict):
+    """The parser's memo: slot -> value, and runs of slots the steady state filled.
+
+    A run of ``n`` tensors from slot ``first`` holds each one's key in slot
+    ``first + 8 i``, its storage key in ``first + 8 i + 1`` and the tensor in
+    ``first + 8 i + 7`` (the other slots hold values never read back). Runs
+    are kept as their three lists, not written slot by slot: a GET is rare.
+    An entry of the dict itself comes first; ``_NO`` there means "no value".
+    """
+
+    __slots__ = ("runs", "firsts")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[tuple[int, int, list, list, list]] = []
+        self.firsts: list[int] = []  # each run's first slot, ascending (runs take fresh slots)
+
+    def add_run(self, first: int, n: int, keys: list, skeys: list, refs: list) -> None:
+        self.runs.append((first, n, keys, skeys, refs))
+        self.firsts.append(first)
+
+    def get(self, index: int, default: Any = None) -> Any:  # type: ignore[override]
+        value = dict.get(self, index, _NO)
+        if value is not _NO:
+            return value
+        if self.runs and not dict.__contains__(self, index):
+            at = bisect.bisect_right(self.firsts, index) - 1
+            if at >= 0:
+                first, n, keys, skeys, refs = self.runs[at]
+                if index < first + 8 * n:
+                    i, role = divmod(index - first, 8)
+                    return keys[i] if role == 0 else skeys[i] if role == 1 else refs[i] if role == 7 else default
+        return default
 
 # -- the expression for one tensor ----------------------------------------------------------
 
@@ -216,16 +286,17 @@ class _Parser:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.memo: dict[int, Any] = {}
+        self.memo = _Memo()
         self.fresh = 0  # every memo slot from here on is unwritten
-        self.templates: dict[tuple, tuple[re.Pattern, re.Pattern]] = {}  # see _template
-        self.template: tuple[tuple, re.Pattern, re.Pattern] | None = None
+        self.templates: dict[tuple, re.Pattern] = {}  # see _template
+        self.template: tuple[tuple, re.Pattern] | None = None
         self.globals: list[_Global] = []  # in order of first appearance
-        self.tensors: list[tuple] = []  # (fn, cls, key, loc, numel, offset, size, stride, grad, od, dt)
+        # The tensors, in order: rows (fn, kind, cls, key, loc, numel, offset, size, stride, grad, od,
+        # dt) read one by one, and the same twelve fields as columns for runs of the steady state.
+        self.tensors: _Tensors = _Tensors()
         self.batches: list[list[tuple[str, Any]]] = []  # items set by each SETITEM(S)
         self.root: _Global | None = None  # None: a plain dict
         self.numbers: dict[bytes, Any] = {}  # integer opcodes (and tuples of them) read so far
-        self.bulk_tries = 4  # calls of _bulk left (each may scan the rest of the pickle)
 
     def _global(self, groups: tuple, name: str) -> Any:
         module = groups[_G["m_" + name]]
@@ -267,8 +338,6 @@ class _Parser:
                 batch: list[tuple[str, Any]] = []
                 while pos < len(data) and data[pos] != 0x75:
                     if self.template is not None:
-                        if self.bulk_tries:
-                            pos, batch = self._bulk(pos, batch)  # many batches in a few C calls
                         pos = self._templated(pos, batch)  # the steady state, as far as it goes
                         if pos >= len(data) or data[pos] == 0x75:
                             break
@@ -395,7 +464,10 @@ class _Parser:
         if index < self.fresh:  # a slot written again: the template's GETs may name it
             self.template = None
         if value is _OPAQUE:
-            self.memo.pop(index, None)
+            if index < self.fresh:  # it may lie in a run: hide the run's value
+                self.memo[index] = _NO
+            else:
+                self.memo.pop(index, None)
         else:
             self.memo[index] = value
         if index >= self.fresh:
@@ -414,17 +486,69 @@ class _Parser:
             if len(self.templates) >= 16:
                 return
             fn, kind, cls, loc, od, dt = (re.escape(raw) if raw else b"" for raw in gets)
-            body = (_PUT1 + fn + rb"\(\(" + kind + cls + rb"X(.)\x00\x00\x00([0-9]{1,20})" + _PUT1 + loc
-                    + rb"(" + _INT + rb")t" + _PUT1 + rb"Q(" + _INT + rb")(" + _TUPLE + rb")" + _PUT1
-                    + rb"(" + _TUPLE + rb")" + _PUT1 + rb"([\x88\x89])" + od + rb"\)R" + _PUT1 + dt
-                    + rb"t" + _PUT1 + rb"R" + _PUT1)
-            # The same tensor after its key (BINUNICODE: length, bytes), maybe after the SETITEMS
-            # and MARK that end one batch and start the next; the whole match as group 1.
-            pattern = self.templates[gets] = (re.compile(body, re.S),
-                                              re.compile(rb"((u\()?X(.{4})(.*?)" + body + rb")", re.S))
-        self.template = (values, *pattern)
+            pattern = self.templates[gets] = re.compile(
+                _PUT1 + fn + rb"\(\(" + kind + cls + rb"X(.)\x00\x00\x00([0-9]{1,20})" + _PUT1 + loc
+                + rb"(" + _INT + rb")t" + _PUT1 + rb"Q(" + _INT + rb")(" + _TUPLE + rb")" + _PUT1
+                + rb"(" + _TUPLE + rb")" + _PUT1 + rb"([\x88\x89])" + od + rb"\)R" + _PUT1 + dt
+                + rb"t" + _PUT1 + rb"R" + _PUT1,
+                re.S,
+            )
+        self.template = (values, pattern)
 
     def _templated(self, pos: int, batch: list) -> int:
+        """What :meth:`_templated_one_by_one` reads from ``pos``, its checks made on all pairs at once.
+
+        The loop only matches (the key's length from its BINUNICODE, then the
+        template after the key); the checks of each pair (PUT slots, lengths,
+        UTF-8) and the values then come from C-level passes over the columns of
+        the matches. If any pair fails a check, nothing is kept and the pairs
+        are read one by one, which stops at the first that fails.
+        """
+        (fn, kind, cls, loc, od, dt), pattern = self.template  # type: ignore[misc]
+        match = pattern.match
+        data = self.data
+        end_of_data = len(data)
+        rows, starts, ends = [], [], []
+        start = pos
+        while pos + 5 <= end_of_data and data[pos] == 0x58:  # BINUNICODE
+            end = pos + 5 + _u4(data, pos + 1)[0]
+            found = match(data, end)
+            if found is None:
+                break
+            rows.append(found.groups())
+            starts.append(pos + 5)
+            ends.append(end)
+            pos = found.end()
+        n = len(rows)
+        if n < 8:
+            return self._templated_one_by_one(start, batch)
+        (kput, klen, skeys, sput, numel, pput, offset, size, zput, stride, tput, grad, hput, aput,
+         rput) = zip(*rows)
+        fresh = self.fresh
+        if (b"".join(map(b"".join, zip(kput, sput, pput, zput, tput, hput, aput, rput))) != _put_span(fresh, 8 * n)
+                or b"".join(klen) != bytes(map(len, skeys)) or fresh + 8 * n > 2**32):
+            return self._templated_one_by_one(start, batch)
+        try:
+            keys = list(map(_DECODE_KEY, map(data.__getitem__, map(slice, starts, ends))))
+        except UnicodeDecodeError:
+            return self._templated_one_by_one(start, batch)
+        skeys = list(map(bytes.decode, skeys))  # digits
+        numbers = self.numbers
+        for column, read in ((numel, _int), (offset, _int), (size, _ints), (stride, _ints)):
+            for raw in set(column).difference(numbers):  # each distinct opcode run read once per file
+                numbers[raw] = read(raw)
+        get = numbers.__getitem__
+        first = len(self.tensors)
+        refs = list(map(_Tensor, range(first, first + n)))
+        self.tensors.add_columns(((fn,) * n, (kind,) * n, (cls,) * n, skeys, (loc,) * n, list(map(get, numel)),
+                                  list(map(get, offset)), list(map(get, size)), list(map(get, stride)),
+                                  list(map(b"\x88".__eq__, grad)), (od,) * n, (dt,) * n), n)
+        self.memo.add_run(fresh, n, keys, skeys, refs)
+        self.fresh = fresh + 8 * n
+        batch.extend(zip(keys, refs))
+        return pos
+
+    def _templated_one_by_one(self, pos: int, batch: list) -> int:
         """Read the pairs from ``pos`` that match the current template exactly; the position after them.
 
         Each pair is a fresh key (BINUNICODE and its PUT) and a tensor the
@@ -432,7 +556,7 @@ class _Parser:
         written as pickle writes them. At the first pair that is not, this
         returns its position and the general reading takes over there.
         """
-        (fn, kind, cls, loc, od, dt), pattern, _ = self.template  # type: ignore[misc]
+        (fn, kind, cls, loc, od, dt), pattern = self.template  # type: ignore[misc]
         match = pattern.match
         data = self.data
         end_of_data = len(data)
@@ -488,84 +612,9 @@ class _Parser:
         self.fresh = fresh
         return pos
 
-    def _bulk(self, pos: int, batch: list) -> tuple[int, list]:
-        """What :meth:`_templated` reads from ``pos``, across batches, in a few C calls.
-
-        One ``findall`` of the template (each match: maybe SETITEMS MARK, the key,
-        the tensor) from ``pos`` to the end of the pickle. The matches are the
-        ones :meth:`_templated` would make one by one, back to back, exactly when
-        their bytes joined are the pickle's bytes from ``pos`` (a match that
-        started later would leave a gap; and where text that matches lies at the
-        end of a match, the search finds a match there first): the longest such
-        run is kept. Then every check of :meth:`_templated` is made on all of
-        them at once (key lengths, PUT slots, UTF-8); if any fails, nothing is
-        changed and the one-by-one reading takes over at ``pos``. Returns the
-        position after the run and the batch now being filled.
-        """
-        self.bulk_tries -= 1
-        (fn, kind, cls, loc, od, dt), _, pattern = self.template  # type: ignore[misc]
-        data = self.data
-        found = pattern.findall(data, pos)
-        if len(found) < 64:
-            return pos, batch
-        columns = list(zip(*found))
-        wholes = columns[0]
-        ends = list(itertools.accumulate(map(len, wholes)))
-        n = len(wholes)
-        if b"".join(wholes) != data[pos : pos + ends[-1]]:
-            good, bad = 0, n  # the longest run of matches back to back from pos (a prefix property)
-            while bad - good > 1:
-                mid = (good + bad) // 2
-                if b"".join(wholes[:mid]) == data[pos : pos + ends[mid - 1]]:
-                    good = mid
-                else:
-                    bad = mid
-            n = good
-            if n < 64:
-                return pos, batch
-            columns = [column[:n] for column in columns]
-        (_, bounds, lengths, raw_keys, kput, klen, skeys, sput, numel, pput, offset, size, zput, stride,
-         tput, grad, hput, aput, rput) = columns
-        fresh = self.fresh
-        if fresh + 8 * n >= 2**32:
-            return pos, batch
-        if b"".join(map(b"".join, zip(kput, sput, pput, zput, tput, hput, aput, rput))) != _put_span(fresh, 8 * n):
-            return pos, batch
-        if (np.frombuffer(b"".join(lengths), "<u4").tolist() != list(map(len, raw_keys))
-                or b"".join(klen) != bytes(map(len, skeys))):
-            return pos, batch
-        try:
-            keys = list(map(_DECODE_KEY, raw_keys))
-        except UnicodeDecodeError:
-            return pos, batch
-        skeys = list(map(bytes.decode, skeys))  # digits
-        numbers = self.numbers
-        for column, read in ((numel, _int), (offset, _int), (size, _ints), (stride, _ints)):
-            for raw in set(column).difference(numbers):
-                numbers[raw] = read(raw)
-        get = numbers.__getitem__
-        first = len(self.tensors)
-        refs = list(map(_Tensor, range(first, first + n)))
-        repeat = itertools.repeat
-        self.tensors.extend(zip(repeat(fn, n), repeat(kind), repeat(cls), skeys, repeat(loc), map(get, numel),
-                                map(get, offset), map(get, size), map(get, stride), map(b"\x88".__eq__, grad),
-                                repeat(od), repeat(dt)))
-        memo = self.memo
-        memo.update(zip(range(fresh, fresh + 8 * n, 8), keys))
-        memo.update(zip(range(fresh + 1, fresh + 8 * n, 8), skeys))
-        memo.update(zip(range(fresh + 7, fresh + 8 * n, 8), refs))
-        self.fresh = fresh + 8 * n
-        pairs = list(zip(keys, refs))
-        done = 0
-        for i in [i for i, bound in enumerate(bounds) if bound]:  # SETITEMS MARK before pair i
-            batch.extend(pairs[done:i])
-            self.batches.append(batch)
-            batch, done = [], i
-        batch.extend(pairs[done:])
-        return pos + ends[n - 1], batch
 
 
-_DECODE_KEY = operator.methodcaller("decode", "utf-8", "surrogatepass")
+_DECODE_KEY = operator.methodcaller("decode", "utf-8", "surrogatepass")  # as the VM's BINUNICODE
 
 
 def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,
@@ -594,11 +643,12 @@ def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,
     callables = rebuilder.callables
     if parser.root is not None and id(resolved[parser.root]) not in callables:
         return None
-    for call in parser.tensors:
-        if id(resolved[call[0]]) not in callables or id(resolved[call[10]]) not in callables:
+    columns = parser.tensors.columns()
+    for glob in set(columns[0]) | set(columns[10]):  # each rebuild function and hooks class
+        if id(resolved[glob]) not in callables:
             return None
     try:
-        built = _build_many(parser, resolved, rebuilder) if persistent_load is None else None
+        built = _build_many(columns, resolved, rebuilder) if persistent_load is None else None
         return _build(parser, resolved, persistent_load or rebuilder.persistent_load, built)
     except CheckpointError:
         raise
@@ -609,28 +659,24 @@ def load_flat_dict(data: bytes, rebuilder: Rebuilder, *,
         raise FormatError(f"invalid pickle: {err}", record="data.pkl") from None
 
 
-def _build_many(parser: _Parser, resolved: dict, rebuilder: Rebuilder) -> list[Any] | None:
+def _build_many(columns: tuple, resolved: dict, rebuilder: Rebuilder) -> list[Any] | None:
     """Every tensor of the file built in one :meth:`Rebuilder.rebuild_many` call, or None.
 
     None when a tensor is not of the form that call covers, or when it raises:
     :func:`_build` then makes the calls one by one, and reports the problem as
     the VM does. The root and the items are set by :func:`_build` either way.
     """
-    calls = []
-    batches = rebuilder.batches
-    checked: set[tuple] = set()
-    for fn, _kind, cls, key, loc, numel, offset, size, stride, _grad, od, dt in parser.tensors:
-        if dt is not None:
-            return None
-        if (fn, od) not in checked:
-            if not batches(resolved[fn], resolved[od]):
-                return None
-            checked.add((fn, od))
-        calls.append((resolved[cls], key, loc, numel, offset, size, stride))
-    if not calls:
+    if not columns[0]:
         return None
+    fns, _kinds, classes, keys, locations, numels, offsets, sizes, strides, _grads, ods, dts = columns
+    if set(dts) != {None}:
+        return None
+    for fn, od in set(zip(fns, ods)):
+        if not rebuilder.batches(resolved[fn], resolved[od]):
+            return None
+    columns = (tuple(map(resolved.__getitem__, classes)), keys, locations, numels, offsets, sizes, strides)
     try:
-        return rebuilder.rebuild_many(calls)
+        return rebuilder.rebuild_many(None, columns=columns)
     except Exception:  # noqa: BLE001 - the one-by-one path reports it
         return None
 
@@ -647,10 +693,10 @@ def _build(parser: _Parser, resolved: dict, persistent_load: Callable[[Any], Any
     calls = iter(parser.tensors)
     for batch in parser.batches:
         values = []
+        if prebuilt is not None:  # every ref a _Tensor: an int, its index in prebuilt
+            values = list(zip([key for key, _ in batch], map(prebuilt.__getitem__, [ref for _, ref in batch])))
+            batch = ()
         for key, ref in batch:
-            if prebuilt is not None:
-                values.append((key, prebuilt[ref.index]))
-                continue
             if ref.index == len(built):  # a new tensor (a GET names one built before)
                 fn, kind, cls, skey, loc, numel, offset, size, stride, grad, od, dt = next(calls)
                 storage = persistent_load((kind, resolved[cls], skey, loc, numel))
@@ -669,8 +715,11 @@ def _build(parser: _Parser, resolved: dict, persistent_load: Callable[[Any], Any
         if type(root) not in _DICT_TYPES:
             raise UnpicklingError(f"weights_only=True refused SETITEMS on {type(root).__qualname__}: "
                                   f"it may only modify a dict the pickle created")
-        for key, value in values:
-            root[key] = value
+        if type(root) is dict:
+            root.update(values)  # what root[key] = value does for each, in order
+        else:
+            for key, value in values:
+                root[key] = value
     if unfinished:
         listed = ", ".join(sorted({repr(o) for o in unfinished}))
         raise FormatError(f"the pickle ends with objects it never finished building: {listed}",

@@ -22,7 +22,9 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import importlib
+import itertools
 import math
+import operator
 from typing import Any, Callable
 
 import numpy as np
@@ -95,6 +97,24 @@ def _geometry(size: Any, stride: Any) -> tuple[int, int]:
         extent += (n - 1) * s
         count *= n
     return count, extent
+
+
+def _columns(columns: tuple) -> tuple | None:
+    """``(cls, keys, locations, numels, offsets, sizes, strides)`` of :meth:`Rebuilder.rebuild_many`'s
+    calls (given as columns) when they share one typed storage class, name distinct keys, and
+    every field has the common type (str, int >= 0); else None (the call-by-call loop decides)."""
+    if len(columns) != 7 or not columns[0]:
+        return None
+    classes, keys, locations, numels, offsets, sizes, strides = columns
+    cls = classes[0]
+    if (type(cls) is not StorageClass or cls.name in ("UntypedStorage", "TypedStorage")
+            or classes.count(cls) != len(classes) or len(set(keys)) != len(keys)):
+        return None
+    if set(map(type, keys)) | set(map(type, locations)) != {str}:
+        return None
+    if set(map(type, numels)) | set(map(type, offsets)) != {int} or min(numels) < 0 or min(offsets) < 0:
+        return None
+    return cls, keys, locations, numels, offsets, sizes, strides
 
 
 class PendingObject:
@@ -432,7 +452,7 @@ class Rebuilder:
                 and all(getattr(bound, "__self__", None) is self and getattr(bound, "__func__", None) is function
                         for bound, function in own))
 
-    def rebuild_many(self, calls: list[tuple]) -> list[Any]:
+    def rebuild_many(self, calls: list[tuple] | None, *, columns: tuple | None = None) -> list[Any]:
         """The arrays of ``rebuild_tensor_v2(persistent_load(("storage", cls, key, location, numel)),
         offset, size, stride, requires_grad, OrderedDict())`` for each ``(cls, key, location,
         numel, offset, size, stride)`` of ``calls``, in one pass.
@@ -444,6 +464,15 @@ class Rebuilder:
         any exception, the caller runs the calls one by one, which reports the
         first problem exactly as the VM does.
         """
+        if columns is not None:  # the same calls given as columns: (classes, keys, ..., strides)
+            calls = None
+        else:
+            columns = tuple(zip(*calls)) if calls else None
+        plain = _columns(columns) if columns is not None else None
+        if plain is not None:  # the common case: every storage its own, one storage class
+            return self._rebuild_columns(*plain)
+        if calls is None:
+            calls = list(zip(*columns)) if columns is not None else []
         first: dict[str, int] = {}  # storage key -> its index in requests
         requests: list[tuple] = []
         kinds: list[tuple] = []  # (dtype, bytes) of each request
@@ -490,6 +519,38 @@ class Rebuilder:
         for (key, dtype, numel, _, _), storage in zip(requests, storages):
             self._storages[key] = (storage, dtype, numel)
             self._storage_info[id(storage)] = (storage, dtype, numel * dtype.itemsize, key)
+        return arrays
+
+    def _rebuild_columns(self, cls: StorageClass, keys: tuple, locations: tuple, numels: tuple, offsets: tuple,
+                         sizes: tuple, strides: tuple) -> list[Any]:
+        """:meth:`rebuild_many` for calls of one storage class whose keys all differ, checked
+        column by column (C-level ``map``s over Python ints: exact, as the loop's checks)."""
+        dtype = cls.dtype
+        np_dtype = dtype.numpy
+        itemsize = np_dtype.itemsize
+        geometry = {pair: _geometry(*pair) for pair in set(zip(sizes, strides))}
+        counts, extents = zip(*map(geometry.__getitem__, zip(sizes, strides)))
+        # As the loop: no empty array, no array too large, every view inside its storage
+        # (last element offset + extent < numel; itemsize > 0 divides both sides).
+        if 0 in counts or max(counts) * itemsize >= _INDEX_LIMIT or itemsize <= 0:
+            raise _NotBatched
+        if any(map(operator.ge, map(operator.add, offsets, extents), numels)):
+            raise _NotBatched
+        byte_strides = {stride: tuple([s * itemsize for s in stride]) for stride in set(strides)}
+        n = len(keys)
+        repeat = itertools.repeat
+        requests = list(zip(keys, repeat(dtype, n), numels, locations, repeat(False)))
+        materializer = self._materializer
+        batched = getattr(type(materializer), "storages", None)
+        storages = (batched(materializer, requests) if batched is not None
+                    else [materializer.storage(*request) for request in requests])
+        asked = list(zip(storages, repeat(np_dtype), map(itemsize.__mul__, offsets), sizes,
+                         map(byte_strides.__getitem__, strides)))
+        batched = getattr(type(materializer), "views", None)
+        arrays = batched(materializer, asked) if batched is not None else [materializer.view(*a) for a in asked]
+        nbytes = list(map(itemsize.__mul__, numels))
+        self._storages.update(zip(keys, zip(storages, repeat(dtype), numels)))
+        self._storage_info.update(zip(map(id, storages), zip(storages, repeat(dtype), nbytes, keys)))
         return arrays
 
     def rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
