@@ -26,6 +26,7 @@ import numpy as np
 from ..devices import check_saved_tag
 from ..errors import FormatError
 from ..format import dtypes as torch_dtypes
+from ..meta import MetaArray
 from .base import ArrayRef, StorageRef
 
 __all__ = ["RecordingMaterializer", "SPARSE_PART_NAMES", "as_array_ref", "holds_array"]
@@ -94,6 +95,14 @@ class _StorageSlice:
         self.root, self.base, self.nbytes, self.dtype = root, base, nbytes, dtype
 
 
+def stands_for_array(obj: Any) -> bool:
+    """Whether ``obj`` lists as an array: an array stand-in, or a storage saved on its own.
+
+    The cheap test behind :func:`as_array_ref` (which also builds the array's description).
+    """
+    return isinstance(obj, _ARRAY_LIKE)
+
+
 def as_array_ref(obj: Any) -> ArrayRef | None:
     """The array a storage saved on its own loads as (1-D, over all of it), or None.
 
@@ -119,9 +128,7 @@ def holds_array(obj: Any) -> bool:
     values. ``nbckpt.open`` asks this of every value and refuses those that hold one.
     Each object is visited once (a memo "billion laughs" costs its size, not 2**40).
     """
-    from ..meta import MetaArray
-
-    stand_ins = (ArrayRef, StorageRef, _StorageSlice, MetaArray)
+    stand_ins = _ARRAY_LIKE
     plain = (list, tuple, dict, set, frozenset)  # exactly these types have no attributes
     atoms = frozenset({str, bytes, int, float, complex, bool, type(None)})
     sequences = frozenset({list, tuple, set, frozenset})
@@ -313,3 +320,7 @@ class RecordingMaterializer:
 
     def fill_deferred(self, result: Any) -> Any:
         return result
+
+
+#: What :func:`stands_for_array` accepts (MetaArray: a ``device="meta"`` array, no data).
+_ARRAY_LIKE = (ArrayRef, StorageRef, _StorageSlice, MetaArray)
