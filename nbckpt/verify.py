@@ -45,6 +45,9 @@ class Problem:
     found: Any = None
 
     def __str__(self) -> str:
+        # Errors of a reader often name their record already (".metadata holds ..."): once is enough.
+        if self.message.startswith(f"{self.record} ") or self.message.startswith(f"{self.record}:"):
+            return self.message
         return f"{self.record}: {self.message}"
 
 

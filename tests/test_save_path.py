@@ -303,3 +303,13 @@ def test_the_plan_and_pickle_of_many_small_arrays_take_little_memory():
         tracemalloc.stop()
     assert len(data) < 5000 * 120
     assert peak / len(arrays) < 800, peak / len(arrays)
+
+
+def test_the_place_of_an_unsaveable_value_names_a_huge_key_without_failing():
+    import io
+
+    with pytest.raises(TypeError, match=r"at obj\[<int of 16610 bits: 0x[0-9a-f]+…>\]") as info:
+        nbckpt.save({10**5000: object()}, io.BytesIO())
+    assert len(str(info.value)) < 1000
+    with pytest.raises(TypeError, match=r"at obj\['ab'\]"):
+        nbckpt.save({"ab": object()}, io.BytesIO())

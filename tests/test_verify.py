@@ -151,3 +151,15 @@ def test_verify_notes_locations_a_default_load_cannot_place_here():
         nbckpt.load(path)
     assert nbckpt.load(path, map_location="cpu")["w"].shape == (2, 3)
     assert not [n for n in nbckpt.verify(str(ATTACKS / "ok_handmade.pt")).notes if "map_location" in n]
+
+
+def test_a_problem_names_its_record_once(tmp_path):
+    import pickle
+
+    folder = tmp_path / "ckpt"
+    nbckpt.save({"w": np.arange(3.0)}, folder, format="dcp")
+    (folder / ".metadata").write_bytes(pickle.dumps(5, protocol=2))
+    report = nbckpt.verify(folder)
+    assert not report.ok
+    line = str(report.problems[0])
+    assert line.startswith(".metadata holds a int") and line.count(".metadata") == 1

@@ -26,6 +26,7 @@ from ..backends import is_cupy_array
 from ..format import dtypes as torch_dtypes
 from ..meta import MetaArray
 from ..sparse import SparseParts, is_sparse, to_torch_parts
+from ..text import safe_repr
 from .storages import StoragePlanner
 
 __all__ = ["SavePlan", "UNSUPPORTED_HINT"]
@@ -112,7 +113,7 @@ class SavePlan:
                     try:
                         self._walk(item, done, active)
                     except _Refused as refused:
-                        raise refused.inside(f"{{{item!r}}}")
+                        raise refused.inside(f"{{{safe_repr(item)}}}")  # bounded: a key may be huge
             else:
                 walk = self._walk
                 add = self._add_array
@@ -167,7 +168,7 @@ class SavePlan:
                 elif type(value) not in _ATOMIC:
                     walk(value, done, active)
             except _Refused as refused:
-                raise refused.inside(f"[{key!r}]")
+                raise refused.inside(f"[{safe_repr(key)}]")
 
     def _check_key(self, key) -> None:
         t = type(key)
