@@ -243,6 +243,20 @@ def kernel_idle(page) -> None:
         }""", timeout=TIMEOUT_MS)
 
 
+def open_notebook(step: Steps, page, lab: LabServer, name: str) -> None:
+    """Open the notebook ``name`` (in the lab's root) and wait until its kernel is idle."""
+    step("open the notebook", lambda: page.goto(f"{lab.url}/lab/tree/{name}"))
+    step("wait for the notebook and its kernel", lambda: (
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), kernel_idle(page)))
+    lab.remember_children()
+
+
+def run_all_cells(step: Steps, page) -> None:
+    """Close the left sidebar (the notebook gets the whole width, the widgets' pictures side by
+    side in screenshots) and run every cell of the open notebook."""
+    step("close the left sidebar", lambda: page.evaluate(
+        "window.jupyterapp.commands.execute('application:toggle-left-area')"))
+    step("run all cells", lambda: page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')"))
 
 
 def write_notebook(path: Path, cells: list[str]) -> None:

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from lab_browser import ARTIFACTS, ROOT, Steps, kernel_idle, lab, page, write_notebook  # noqa: F401 - fixtures
+from lab_browser import ARTIFACTS, ROOT, Steps, lab, open_notebook, page, run_all_cells, write_notebook  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
 
@@ -53,14 +53,8 @@ def test_archive_browser_in_jupyterlab(lab, page):
     status = page.locator(".nbckpt-status")
 
     write_notebook(lab.root / "demo.ipynb", [NOTEBOOK_CODE])
-    step("open the notebook", lambda: page.goto(f"{lab.url}/lab/tree/demo.ipynb"))
-    step("wait for the notebook and its kernel", lambda: (
-        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), kernel_idle(page)))
-    lab.remember_children()
-    # The notebook gets the whole width (the widget's pictures side by side in the screenshot).
-    step("close the left sidebar", lambda: page.evaluate(
-        "window.jupyterapp.commands.execute('application:toggle-left-area')"))
-    step("run all cells", lambda: page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')"))
+    open_notebook(step, page, lab, "demo.ipynb")
+    run_all_cells(step, page)
     step("wait until the widget is rendered", lambda: page.wait_for_selector(".nbckpt-browser .nbckpt-records select"))
     header = browser_widget.locator(".nbckpt-header")
     step("the header names the file and counts the entries", lambda: (

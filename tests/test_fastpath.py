@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib.util
 import io
-import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -26,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nbckpt
+from fuzz_script import fuzz
 from nbckpt.devices import DeviceMap
 from nbckpt.errors import CheckpointError, FormatError
 from nbckpt.format.checkpoint import open_zip_checkpoint
@@ -41,15 +40,6 @@ SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _load_fuzz():
-    spec = importlib.util.spec_from_file_location("nbckpt_fuzz_script_fastpath", ROOT / "scripts" / "fuzz.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz()
 
 
 # -- the two readings ----------------------------------------------------------------------------

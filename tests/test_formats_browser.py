@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from lab_browser import ARTIFACTS, ROOT, Steps, kernel_idle, lab, page, write_notebook  # noqa: F401 - fixtures
+from lab_browser import ARTIFACTS, ROOT, Steps, lab, open_notebook, page, run_all_cells, write_notebook  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
 
@@ -49,13 +49,8 @@ ArchiveBrowser("gpu_legacy.pt")
 def test_browser_shows_sharded_safetensors_and_legacy_gpu_files(lab, page):
     step = Steps(page, lab)
     write_notebook(lab.root / "formats.ipynb", CELLS)
-    step("open the notebook", lambda: page.goto(f"{lab.url}/lab/tree/formats.ipynb"))
-    step("wait for the notebook and its kernel", lambda: (
-        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), kernel_idle(page)))
-    lab.remember_children()
-    step("close the left sidebar", lambda: page.evaluate(
-        "window.jupyterapp.commands.execute('application:toggle-left-area')"))
-    step("run all cells", lambda: page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')"))
+    open_notebook(step, page, lab, "formats.ipynb")
+    run_all_cells(step, page)
     step("three browsers are rendered", lambda: page.wait_for_function(
         "() => document.querySelectorAll('.nbckpt-browser .nbckpt-records select').length === 3"))
     browsers = page.locator(".nbckpt-browser")

@@ -24,7 +24,6 @@ that new problems stay visible; each has a strict-xfail regression test here.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import os
 import re
@@ -38,19 +37,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nbckpt
+from fuzz_script import fuzz
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_fuzz():
-    spec = importlib.util.spec_from_file_location("nbckpt_fuzz_script", ROOT / "scripts" / "fuzz.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz()
 BASES = fuzz.build_bases()
 BASE_NAMES = sorted(BASES)
 FOLDERS = fuzz.build_folder_bases()

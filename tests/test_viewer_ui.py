@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import nbckpt
-from lab_browser import ARTIFACTS, ROOT, TIMEOUT_MS, Steps, get, kernel_idle, lab, page, write_notebook  # noqa: F401
+from lab_browser import ARTIFACTS, ROOT, TIMEOUT_MS, Steps, get, lab, open_notebook, page, write_notebook  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -50,10 +50,7 @@ def test_checkpoint_viewer_in_jupyterlab(lab, page):
     write_notebook(lab.root / "work.ipynb", [""])
     nbckpt.save({"enc": {"w": np.ones((4, 4), np.float32)}, "step": 5}, lab.root / "dcp_step5", format="dcp")
 
-    step("open the notebook", lambda: page.goto(f"{lab.url}/lab/tree/work.ipynb"))
-    step("wait for the notebook and its kernel", lambda: (
-        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible"), kernel_idle(page)))
-    lab.remember_children()
+    open_notebook(step, page, lab, "work.ipynb")
     listing = page.locator(".jp-DirListing-content")
     step("double-click model.pt in the file browser", lambda: listing.get_by_text("model.pt", exact=True).dblclick())
     viewer = page.locator(".nbckpt-viewer").last

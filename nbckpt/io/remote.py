@@ -38,7 +38,7 @@ from typing import IO, Any, Iterator
 
 from .ranges import BLOCK, CHUNK, RangeFile
 
-__all__ = ["is_url", "protocol_of", "filesystem", "open_url", "open_range_file", "is_local", "upload", "RangeFile", "BLOCK",
+__all__ = ["is_url", "protocol_of", "filesystem", "open_range_file", "is_local", "upload", "RangeFile", "BLOCK",
            "CHUNK", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install fsspec (part of nbckpt's remote extra)"
@@ -110,16 +110,6 @@ def filesystem(url: str, storage_options: dict | None = None) -> tuple[Any, str]
                 f"protocols are listed by fsspec.available_protocols()."
             ) from err
         raise
-
-
-@contextlib.contextmanager
-def open_url(url: str, storage_options: dict | None = None) -> Iterator[RangeFile]:
-    """The checkpoint at ``url`` as a :class:`RangeFile` (closed after the block)."""
-    stream = open_range_file(url, storage_options)
-    try:
-        yield stream
-    finally:
-        stream.close()
 
 
 def open_range_file(url: str, storage_options: dict | None = None) -> RangeFile:

@@ -319,24 +319,14 @@ def check_writable(f: Any) -> Any:
 
 @contextlib.contextmanager
 def open_source(f: Any, storage_options: dict | None = None) -> Iterator[tuple[IO[bytes], str | None]]:
-    """``(stream, name)`` for a path, a URL or a seekable binary file object (name None)."""
-    check_storage_options(f, storage_options)
-    if is_url(f):
-        with remote.open_url(f, storage_options) as stream:
-            yield stream, f
-        return
-    if is_path(f):
-        path = os.fspath(f)
-        with open(path, "rb") as stream:
-            yield stream, os.fsdecode(path)
-        return
-    if not callable(getattr(f, "read", None)):
-        raise AttributeError(
-            f"expected f to be a path or a binary file object with a 'read' method, got "
-            f"{type(f).__module__}.{type(f).__qualname__}"
-        )
-    check_seekable(f)
-    yield f, None
+    """``(stream, name)`` for a path, a URL or a seekable binary file object (name None);
+    what :func:`open_input` opens is closed after the block."""
+    stream, owned = open_input(f, storage_options)
+    try:
+        yield stream, (f if is_url(f) else os.fsdecode(os.fspath(f)) if is_path(f) else None)
+    finally:
+        if owned:
+            stream.close()
 
 
 def open_input(f: Any, storage_options: dict | None = None) -> tuple[IO[bytes], bool]:
